@@ -1,0 +1,229 @@
+"""Streams returned by ``create(stream=True)``, shaped like openai's Stream / AsyncStream.
+
+The first chunk was already received inside the routing attempt (so failover could happen before
+the caller saw output). After it, a broken stream raises ``StreamInterrupted`` carrying the partial
+output, and is never retried. Both stream classes are iterators and context managers and close
+the upstream connection when closed or exhausted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Iterator
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ._core import MuxCore, RequestContext, _Success
+    from ._portal import Portal
+
+log = logging.getLogger("gonka_mux.stream")
+
+__all__ = ["AsyncChunkStream", "ChunkStream"]
+
+
+class _Partial:
+    """Assembles the streamed output (for sessions, metering and StreamInterrupted)."""
+
+    __slots__ = ("content", "finish_reason", "reasoning", "role", "tool_calls")
+
+    def __init__(self) -> None:
+        self.content: list[str] = []
+        self.reasoning: list[str] = []
+        self.tool_calls: dict[int, dict[str, Any]] = {}
+        self.finish_reason: str | None = None
+        self.role = "assistant"
+
+    def add(self, chunk: Any) -> None:
+        choices = getattr(chunk, "choices", None)
+        if not choices:
+            return
+        choice = choices[0]
+        if choice.index != 0:  # n > 1: the session keeps the first choice
+            return
+        delta = choice.delta
+        if delta is None:
+            return
+        text = getattr(delta, "content", None)
+        if text:
+            self.content.append(text)
+        extra = delta.model_extra
+        if extra:
+            r = extra.get("reasoning") or extra.get("reasoning_content")
+            if r:
+                self.reasoning.append(r)
+        calls = delta.tool_calls
+        if calls:
+            for call in calls:
+                slot = self.tool_calls.setdefault(
+                    call.index,
+                    {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},
+                )
+                if call.id:
+                    slot["id"] = call.id
+                fn = call.function
+                if fn is not None:
+                    if fn.name:
+                        slot["function"]["name"] += fn.name
+                    if fn.arguments:
+                        slot["function"]["arguments"] += fn.arguments
+        if choice.finish_reason:
+            self.finish_reason = choice.finish_reason
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "content": "".join(self.content),
+            "reasoning": "".join(self.reasoning) or None,
+            "tool_calls": [self.tool_calls[i] for i in sorted(self.tool_calls)] or None,
+            "finish_reason": self.finish_reason,
+        }
+        return out
+
+    def message(self) -> dict[str, Any]:
+        """The assistant message the stream produced, in OpenAI request form."""
+        d = self.as_dict()
+        msg: dict[str, Any] = {"role": "assistant", "content": d["content"] or None}
+        if d["tool_calls"]:
+            msg["tool_calls"] = d["tool_calls"]
+        if d["reasoning"]:
+            msg["reasoning"] = d["reasoning"]
+        return msg
+
+
+class AsyncChunkStream:
+    """Async iterator of ``ChatCompletionChunk`` (or ``Completion`` for legacy completions)."""
+
+    def __init__(self, core: MuxCore, ctx: RequestContext, success: _Success) -> None:
+        self._core = core
+        self._ctx = ctx
+        self._endpoint = success.endpoint
+        self._upstream = success.result
+        self._first: Any = success.first
+        self._done = False
+        self._hide_usage = bool(ctx.extras.get("hide_usage_chunk"))
+        self.partial = _Partial()
+        self.response = getattr(self._upstream, "response", None)
+        self.endpoint_name = success.endpoint.name
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return self
+
+    async def __anext__(self) -> Any:
+        while True:
+            first = self._first
+            if first is not None:
+                self._first = None
+                chunk = first
+            else:
+                if self._done:
+                    raise StopAsyncIteration
+                try:
+                    chunk = await self._upstream.__anext__()
+                except StopAsyncIteration:
+                    await self._finish(None)
+                    raise
+                except asyncio.CancelledError:
+                    await self._finish(None, status="cancelled")
+                    raise
+                except Exception as exc:
+                    await self._finish(exc)
+                    from .errors import StreamInterrupted
+
+                    raise StreamInterrupted(
+                        self._endpoint.name, _reason(exc), self.partial.as_dict()
+                    ) from exc
+            self.partial.add(chunk)
+            usage = getattr(chunk, "usage", None)
+            if usage is not None:
+                self._ctx.usage = usage
+                if self._hide_usage and not chunk.choices:
+                    continue  # a usage chunk the caller did not ask for (metering asked)
+            return chunk
+
+    async def _finish(self, exc: BaseException | None, status: str | None = None) -> None:
+        if self._done:
+            return
+        self._done = True
+        ctx = self._ctx
+        ctx.extras["stream_message"] = self.partial.message()
+        ctx.extras["finish_reason"] = self.partial.finish_reason
+        if exc is not None:
+            from .errors import StreamInterrupted
+
+            ctx.status = "interrupted"
+            ctx.error = StreamInterrupted(self._endpoint.name, _reason(exc), self.partial.as_dict())
+        else:
+            ctx.status = status or ("ok" if self.partial.finish_reason else "closed")
+        self._core.release_stream(self._endpoint, exc)
+        try:
+            await self._core.finish_stream(ctx)
+        finally:
+            if exc is not None or status is not None or not self.partial.finish_reason:
+                try:
+                    await self._upstream.close()
+                except Exception:
+                    log.debug("closing upstream stream failed", exc_info=True)
+
+    async def close(self) -> None:
+        """Stop reading and close the upstream connection."""
+        if not self._done:
+            await self._finish(None, status="closed")
+        try:
+            await self._upstream.close()
+        except Exception:
+            log.debug("closing upstream stream failed", exc_info=True)
+
+    aclose = close
+
+    async def __aenter__(self) -> AsyncChunkStream:
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.close()
+
+    def __del__(self) -> None:
+        if not getattr(self, "_done", True):
+            # Never read to the end nor closed: give the slot back so the endpoint is not
+            # counted busy forever. The connection itself is closed by the SDK's finalizer.
+            self._done = True
+            try:
+                self._core.release_stream(self._endpoint, None)
+            except Exception:
+                pass
+
+
+class ChunkStream:
+    """Sync face of :class:`AsyncChunkStream`, driven through the Multiplexer's portal loop."""
+
+    def __init__(self, portal: Portal, inner: AsyncChunkStream) -> None:
+        self._portal = portal
+        self._inner = inner
+        self.response = inner.response
+        self.endpoint_name = inner.endpoint_name
+
+    @property
+    def partial(self) -> _Partial:
+        return self._inner.partial
+
+    def __iter__(self) -> Iterator[Any]:
+        return self
+
+    def __next__(self) -> Any:
+        try:
+            return self._portal.call(self._inner.__anext__())
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def close(self) -> None:
+        self._portal.call(self._inner.close())
+
+    def __enter__(self) -> ChunkStream:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."

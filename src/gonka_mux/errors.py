@@ -1,0 +1,344 @@
+"""Exceptions raised by gonka_mux.
+
+HTTP-shaped failures subclass openai's own exception classes, so code written against the OpenAI
+client (``except openai.RateLimitError``) keeps working, and every one of them renders the OpenAI
+error JSON body through :meth:`MuxErrorMixin.to_dict`. Messages say what to do next.
+
+This module imports openai, which is slow to import: ``gonka_mux/__init__`` loads it lazily.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import openai
+
+try:  # openai 3.x is built on httpx2, openai 2.x on httpx.
+    import httpx2 as _http  # type: ignore[import-not-found]
+
+    if not openai.__version__.startswith("3"):
+        raise ImportError
+except ImportError:  # pragma: no cover - exercised in the openai 2.x CI leg
+    import httpx as _http  # type: ignore[no-redef]
+
+__all__ = [
+    "AllEndpointsFailed",
+    "AllEndpointsRateLimited",
+    "Attempt",
+    "ConfigError",
+    "ContextLengthExceeded",
+    "DeadlineExceeded",
+    "GonkaMuxError",
+    "ModelNotFound",
+    "MuxErrorMixin",
+    "NoEndpointAvailable",
+    "RateLimitError",
+    "StreamInterrupted",
+    "make_status_error",
+]
+
+_LOCAL_URL = "http://gonka-mux.local/v1/chat/completions"
+
+_STATUS_TYPES: dict[int, str] = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    402: "insufficient_quota",
+    403: "permission_error",
+    404: "not_found_error",
+    408: "timeout_error",
+    409: "conflict_error",
+    410: "gone_error",
+    422: "invalid_request_error",
+    429: "rate_limit_exceeded",
+    500: "server_error",
+    502: "server_error",
+    503: "service_unavailable",
+    504: "timeout_error",
+}
+
+
+class GonkaMuxError(Exception):
+    """Base class of every error raised by gonka_mux that is not an HTTP-shaped openai error."""
+
+
+class ConfigError(GonkaMuxError, ValueError):
+    """A configuration value is missing or invalid.
+
+    ``source`` names the file (or ``"<dict>"``/``"<env>"``), ``key`` the dotted key and
+    ``expected`` what would have been accepted.
+    """
+
+    def __init__(
+        self, message: str, *, source: str | None = None, key: str | None = None, expected: str = ""
+    ) -> None:
+        self.source = source
+        self.key = key
+        self.expected = expected
+        where = ""
+        if source:
+            where += f"{source}: "
+        if key:
+            where += f"[{key}] "
+        full = f"{where}{message}"
+        if expected:
+            full += f" (expected {expected})"
+        super().__init__(full)
+
+
+class MuxErrorMixin:
+    """Adds the OpenAI error body to gonka_mux's HTTP-shaped errors."""
+
+    message: str
+    status_code: int
+    code: str | None
+    type: str | None
+    param: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        """The OpenAI error JSON body: ``{"error": {"message", "type", "param", "code"}}``."""
+        return {
+            "error": {
+                "message": self.message,
+                "type": self.type or _STATUS_TYPES.get(self.status_code, "api_error"),
+                "param": getattr(self, "param", None),
+                "code": self.code,
+            }
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+
+def _synthetic_response(
+    status: int, body: Mapping[str, Any], headers: Mapping[str, str] | None = None
+) -> Any:
+    request = _http.Request("POST", _LOCAL_URL)
+    return _http.Response(status, request=request, json=dict(body), headers=dict(headers or {}))
+
+
+def _init_status_error(
+    exc: Any,
+    status: int,
+    message: str,
+    *,
+    code: str | None,
+    type_: str | None,
+    headers: Mapping[str, str] | None,
+    param: str | None = None,
+) -> None:
+    body = {
+        "message": message,
+        "type": type_ or _STATUS_TYPES.get(status, "api_error"),
+        "param": param,
+        "code": code,
+    }
+    response = _synthetic_response(status, {"error": body}, headers)
+    openai.APIStatusError.__init__(exc, message, response=response, body=body)
+
+
+_BASE_BY_STATUS: dict[int, type[openai.APIStatusError]] = {
+    400: openai.BadRequestError,
+    401: openai.AuthenticationError,
+    403: openai.PermissionDeniedError,
+    404: openai.NotFoundError,
+    409: openai.ConflictError,
+    422: openai.UnprocessableEntityError,
+    429: openai.RateLimitError,
+}
+
+
+_status_classes: dict[type, type] = {}
+
+
+def _status_class(base: type[openai.APIStatusError]) -> type:
+    cls = _status_classes.get(base)
+    if cls is None:
+        cls = type(base.__name__, (MuxErrorMixin, base), {"__module__": __name__})
+        _status_classes[base] = cls
+    return cls
+
+
+def make_status_error(
+    status: int,
+    message: str,
+    *,
+    code: str | None = None,
+    type: str | None = None,
+    headers: Mapping[str, str] | None = None,
+    param: str | None = None,
+) -> openai.APIStatusError:
+    """Build an openai-compatible status error raised locally (no upstream response)."""
+    if status >= 500:
+        base: type[openai.APIStatusError] = openai.InternalServerError
+    else:
+        base = _BASE_BY_STATUS.get(status, openai.APIStatusError)
+    exc = _status_class(base).__new__(_status_class(base))
+    _init_status_error(exc, status, message, code=code, type_=type, headers=headers, param=param)
+    return exc
+
+
+class RateLimitError(MuxErrorMixin, openai.RateLimitError):
+    """A local rate limit (a caller key or tier) refused the request.
+
+    ``retry_after`` is the number of seconds after which the same request would be admitted.
+    """
+
+    def __init__(self, message: str, *, retry_after: float, code: str = "rate_limit_exceeded"):
+        self.retry_after = max(0.0, float(retry_after))
+        header = str(max(1, int(-(-self.retry_after // 1))))
+        _init_status_error(
+            self,
+            429,
+            message,
+            code=code,
+            type_="rate_limit_exceeded",
+            headers={"Retry-After": header},
+        )
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One upstream attempt made while serving a request."""
+
+    endpoint: str
+    status: int | None
+    reason: str
+    elapsed: float
+    hedge: bool = False
+
+    def describe(self) -> str:
+        status = f"HTTP {self.status}" if self.status is not None else "no response"
+        hedge = " (hedge)" if self.hedge else ""
+        return f"{self.endpoint}{hedge}: {status}, {self.reason} after {self.elapsed * 1000:.0f} ms"
+
+
+def _attempts_text(attempts: Sequence[Attempt]) -> str:
+    return "; ".join(a.describe() for a in attempts) if attempts else "no attempt was made"
+
+
+class AllEndpointsFailed(MuxErrorMixin, openai.InternalServerError):
+    """Every endpoint tried for the request failed; ``attempts`` lists each one."""
+
+    default_status = 503
+
+    def __init__(
+        self,
+        model: str,
+        attempts: Sequence[Attempt],
+        *,
+        hint: str = "",
+        status: int | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        self.model = model
+        self.attempts = list(attempts)
+        message = (
+            f"All endpoints for model {model!r} failed ({len(self.attempts)} attempt(s): "
+            f"{_attempts_text(self.attempts)})."
+        )
+        message += " " + (
+            hint
+            or "Check the endpoints with mux.stats(), add more endpoints or a fallback tier, "
+            "or raise the deadline/retry budget."
+        )
+        _init_status_error(
+            self,
+            status or self.default_status,
+            message,
+            code="all_endpoints_failed",
+            type_="rate_limit_exceeded" if self.default_status == 429 else "service_unavailable",
+            headers=headers,
+        )
+
+
+class AllEndpointsRateLimited(AllEndpointsFailed, openai.RateLimitError):  # type: ignore[misc]
+    """Every endpoint tried answered 429 or is cooling down after one."""
+
+    default_status = 429
+
+
+class NoEndpointAvailable(AllEndpointsFailed):
+    """The pool for the model exists but every endpoint is ejected, cooling down or full."""
+
+
+class ModelNotFound(MuxErrorMixin, openai.NotFoundError):
+    """No endpoint serves the requested model (or alias)."""
+
+    def __init__(self, model: str, known: Sequence[str]) -> None:
+        self.model = model
+        shown = ", ".join(sorted(known)[:20]) or "none"
+        message = (
+            f"No endpoint serves model {model!r}. Known models: {shown}. "
+            "Register one with mux.add_endpoint(..., models=[...]) or add an alias."
+        )
+        _init_status_error(
+            self, 404, message, code="model_not_found", type_="invalid_request_error", headers=None
+        )
+
+
+class ContextLengthExceeded(MuxErrorMixin, openai.BadRequestError):
+    """The prompt does not fit the model's context window and no larger fallback is configured."""
+
+    def __init__(self, message: str) -> None:
+        _init_status_error(
+            self,
+            400,
+            message,
+            code="context_length_exceeded",
+            type_="invalid_request_error",
+            headers=None,
+        )
+
+
+class DeadlineExceeded(MuxErrorMixin, openai.APITimeoutError):
+    """The caller's overall deadline passed before any endpoint answered."""
+
+    status_code = 504
+
+    def __init__(self, model: str, deadline: float, attempts: Sequence[Attempt]) -> None:
+        self.model = model
+        self.deadline = deadline
+        self.attempts = list(attempts)
+        openai.APITimeoutError.__init__(self, request=_http.Request("POST", _LOCAL_URL))
+        self.code, self.type, self.param = "deadline_exceeded", "timeout_error", None
+        self.message = (
+            f"The request for model {model!r} did not complete within its {deadline:g} s deadline "
+            f"({_attempts_text(self.attempts)}). Raise `deadline=`, or check slow endpoints with "
+            "mux.stats()."
+        )
+        self.args = (self.message,)
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class StreamInterrupted(MuxErrorMixin, openai.APIConnectionError):
+    """A stream broke after the caller had received output, so it was not retried.
+
+    ``partial`` holds what arrived: ``content``, ``reasoning`` and ``tool_calls`` assembled from
+    the chunks (the caller may resend the request knowing this).
+    """
+
+    status_code = 502
+
+    def __init__(self, endpoint: str, reason: str, partial: Mapping[str, Any]) -> None:
+        self.endpoint = endpoint
+        self.reason = reason
+        self.partial = dict(partial)
+        openai.APIConnectionError.__init__(
+            self, message="stream interrupted", request=_http.Request("POST", _LOCAL_URL)
+        )
+        self.code, self.type, self.param = "stream_interrupted", "api_error", None
+        chars = len(self.partial.get("content") or "")
+        self.message = (
+            f"The stream from {endpoint} broke after {chars} characters of output ({reason}); it "
+            "was not retried because you had already received part of it. The partial output is "
+            "in `.partial`; resend the request if you want a new answer."
+        )
+        self.args = (self.message,)
+
+    def __str__(self) -> str:
+        return self.message

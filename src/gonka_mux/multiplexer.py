@@ -1,0 +1,400 @@
+"""AsyncMultiplexer and Multiplexer: one OpenAI-shaped client over many endpoints.
+
+Both faces share one async core (``_core.MuxCore``); the sync one drives it on a private event
+loop thread, as httpx's Client and AsyncClient share their model.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from ._core import (
+    CHAT,
+    COMPLETIONS,
+    EMBEDDINGS,
+    MUX_KWARGS,
+    OPTION_KWARGS,
+    CallOptions,
+    Extension,
+    MuxCore,
+    RequestKind,
+    RoutingSettings,
+)
+from ._portal import Portal
+from .endpoint import Endpoint, EndpointTier
+
+if TYPE_CHECKING:
+    from .routing.outcome import ErrorPolicy
+
+log = logging.getLogger("gonka_mux")
+
+__all__ = ["AsyncMultiplexer", "Multiplexer"]
+
+
+def _split(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], CallOptions]:
+    """Separate the OpenAI body from request options and gonka_mux's own keyword arguments."""
+    body = params
+    request_options: dict[str, Any] = {}
+    options = CallOptions()
+    for key in [k for k in params if k in MUX_KWARGS or k in OPTION_KWARGS]:
+        if body is params:
+            body = dict(params)
+        value = body.pop(key)
+        if key in OPTION_KWARGS:
+            if value is not None:
+                request_options[key] = value
+        elif key == "mux_metadata":
+            options.metadata = value
+        else:
+            setattr(options, key, value)
+    return body, request_options, options
+
+
+def _make_async_client(
+    client_or_base_url: Any, api_key: str | None, default_headers: Mapping[str, str] | None
+) -> Any:
+    import openai
+
+    if isinstance(client_or_base_url, str):
+        return openai.AsyncOpenAI(
+            base_url=client_or_base_url,
+            api_key=api_key or os.environ.get("OPENAI_API_KEY") or "not-needed",
+            max_retries=0,
+            default_headers=dict(default_headers) if default_headers else None,
+        )
+    client = client_or_base_url
+    if isinstance(client, openai.AsyncOpenAI):
+        # The SDK's own retries are off: the Multiplexer owns retries and failover.
+        return client.with_options(max_retries=0) if client.max_retries else client
+    if isinstance(client, openai.OpenAI):
+        log.debug("wrapping a sync OpenAI client as AsyncOpenAI for %s", client.base_url)
+        return openai.AsyncOpenAI(
+            base_url=str(client.base_url),
+            api_key=client.api_key,
+            organization=client.organization,
+            project=client.project,
+            timeout=client.timeout,
+            max_retries=0,
+            default_headers=dict(default_headers) if default_headers else None,
+        )
+    if hasattr(client, "post") and hasattr(client, "base_url"):
+        return client  # an openai-compatible client object (duck-typed)
+    raise TypeError(
+        "add_endpoint() takes a base URL string, an openai.AsyncOpenAI or an openai.OpenAI "
+        f"client, not {type(client).__name__}"
+    )
+
+
+class _Resource:
+    def __init__(self, mux: Any) -> None:
+        self._mux = mux
+
+
+class _AsyncCreate(_Resource):
+    _kind: RequestKind
+
+    async def create(self, **params: Any) -> Any:
+        body, request_options, options = _split(params)
+        return await self._mux._core.execute(
+            self._kind, body, request_options, options, stream=bool(body.get("stream"))
+        )
+
+
+class _AsyncChatCompletions(_AsyncCreate):
+    """``mux.chat.completions.create(**openai_params)``: ChatCompletion or an async stream.
+
+    Extra keyword arguments understood by gonka_mux (never sent upstream): ``session_id``,
+    ``tier``, ``deadline`` (seconds), ``hedge`` (bool or delay), ``caller`` (the tenant key
+    for limits and metering), ``mux_metadata``, ``route_to`` (an endpoint name).
+    """
+
+    _kind = CHAT
+
+
+class _AsyncLegacyCompletions(_AsyncCreate):
+    _kind = COMPLETIONS
+
+
+class _AsyncEmbeddings(_AsyncCreate):
+    _kind = EMBEDDINGS
+
+
+class _AsyncChat(_Resource):
+    def __init__(self, mux: Any) -> None:
+        super().__init__(mux)
+        self.completions = _AsyncChatCompletions(mux)
+
+
+class ModelPage:
+    """``models.list()`` result: like openai's page, with ``.data`` and iteration."""
+
+    object = "list"
+
+    def __init__(self, data: list[Any]) -> None:
+        self.data = data
+
+    def __iter__(self) -> Any:
+        return iter(self.data)
+
+    def __aiter__(self) -> Any:
+        async def gen() -> Any:
+            for m in self.data:
+                yield m
+
+        return gen()
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def model_dump(self) -> dict[str, Any]:
+        return {"object": "list", "data": [m.model_dump() for m in self.data]}
+
+
+def _model_page(core: MuxCore) -> ModelPage:
+    from openai.types import Model
+
+    data = []
+    for name in core.models():
+        owners = sorted({ep.group or ep.kind for ep in core.pools[name].all()})
+        data.append(Model(id=name, object="model", created=0, owned_by=",".join(owners)))
+    for alias, target in sorted(core.aliases.items()):
+        if target in core.pools and alias not in core.pools:
+            data.append(Model(id=alias, object="model", created=0, owned_by=f"alias:{target}"))
+    return ModelPage(data)
+
+
+class _AsyncModels(_Resource):
+    async def list(self) -> ModelPage:
+        """The union of the models every endpoint serves, plus aliases."""
+        return _model_page(self._mux._core)
+
+
+class _MuxBase:
+    """Endpoint management shared by both faces (synchronous: it only touches the registry)."""
+
+    _core: MuxCore
+
+    def add_endpoint(
+        self,
+        client_or_base_url: Any,
+        *,
+        models: str | Sequence[str] | Mapping[str, str],
+        weight: float = 1,
+        max_concurrent: int | None = None,
+        tier: EndpointTier = "primary",
+        name: str | None = None,
+        api_key: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        context_window: int | None = None,
+        group: str | None = None,
+        kind: str = "openai",
+        error_policy: ErrorPolicy | None = None,
+    ) -> Endpoint:
+        """Register an endpoint for one or more models.
+
+        ``models`` is a list of names or a mapping ``{public name: name sent upstream}``; any
+        number of endpoints may serve the same model and the request's ``model`` selects the
+        pool. ``tier="fallback"`` endpoints are used only when no primary one is available.
+        """
+        client = _make_async_client(client_or_base_url, api_key, headers)
+        if name is None and isinstance(client_or_base_url, str):
+            name = _unique_name(self._core, client_or_base_url)
+        ep = Endpoint(
+            client,
+            models=models,
+            name=name,
+            weight=weight,
+            max_concurrent=max_concurrent,
+            tier=tier,
+            group=group,
+            kind=kind,
+            context_window=context_window,
+            error_policy=error_policy,
+        )
+        return self._core.add(ep)
+
+    def add_model(self, client: Any, weight: float, model_name: str) -> Endpoint:
+        """multiplexer-llm compatible: ``model_name`` is what this endpoint is sent.
+
+        Such endpoints also join a default pool that serves requests for models no other
+        endpoint claims (multiplexer-llm routes every request over all registered models).
+        Adding the same ``model_name`` twice keeps both endpoints.
+        """
+        return self._add_compat(client, weight, model_name, "primary")
+
+    def add_fallback_model(self, client: Any, weight: float, model_name: str) -> Endpoint:
+        """Like :meth:`add_model`, in the fallback tier."""
+        return self._add_compat(client, weight, model_name, "fallback")
+
+    def _add_compat(self, client: Any, weight: float, model_name: str, tier: EndpointTier) -> Any:
+        ep = Endpoint(
+            _make_async_client(client, None, None),
+            models={model_name: model_name},
+            name=_unique_name(self._core, model_name),
+            weight=weight,
+            tier=tier,
+        )
+        return self._core.add(ep, default_pool=True)
+
+    def remove_endpoint(self, endpoint: str | Endpoint) -> Endpoint:
+        """Take an endpoint out of rotation; requests in flight on it finish normally."""
+        return self._core.remove(endpoint)
+
+    def replace_endpoints(self, group: str, endpoints: Sequence[Endpoint]) -> list[Endpoint]:
+        """Atomically swap the endpoints of ``group`` (used for Gonka epoch changes)."""
+        return self._core.replace_group(group, endpoints)
+
+    def add_alias(self, alias: str, model: str) -> None:
+        """Let requests for ``alias`` use the pool of ``model``."""
+        if not alias or not model:
+            raise ValueError("add_alias needs a non-empty alias and model")
+        self._core.aliases[alias] = model
+
+    def add_extension(self, extension: Extension) -> None:
+        """Add a before/after hook that runs around every request."""
+        self._core.extensions.append(extension)
+
+    @property
+    def endpoints(self) -> list[Endpoint]:
+        return list(self._core.endpoints.values())
+
+    @property
+    def settings(self) -> RoutingSettings:
+        return self._core.settings
+
+    def stats(self) -> dict[str, Any]:
+        """Per endpoint: requests, successes, failures by kind, EWMA latency, in-flight, state."""
+        return self._core.stats()
+
+
+def _unique_name(core: MuxCore, base: str) -> str:
+    name = base
+    i = 2
+    while name in core.endpoints:
+        name = f"{base}#{i}"
+        i += 1
+    return name
+
+
+class AsyncMultiplexer(_MuxBase):
+    """An ``openai.AsyncOpenAI``-shaped client that routes over many endpoints.
+
+    >>> mux = AsyncMultiplexer()
+    >>> mux.add_endpoint("http://127.0.0.1:8000/v1", models=["kimi-k2.5"])  # doctest: +SKIP
+    >>> await mux.chat.completions.create(model="kimi-k2.5", messages=[...])  # doctest: +SKIP
+    """
+
+    def __init__(self, settings: RoutingSettings | None = None, **setting_overrides: Any) -> None:
+        if setting_overrides:
+            from .config import settings_with
+
+            settings = settings_with(settings, setting_overrides)
+        self._core = MuxCore(settings)
+        self.chat = _AsyncChat(self)
+        self.completions = _AsyncLegacyCompletions(self)
+        self.embeddings = _AsyncEmbeddings(self)
+        self.models = _AsyncModels(self)
+
+    @classmethod
+    def from_config(cls, source: str | os.PathLike[str] | Mapping[str, Any]) -> AsyncMultiplexer:
+        """Build from a TOML file or a dict (see docs/configuration.md)."""
+        from .config import build_from_config
+
+        return build_from_config(cls, source)
+
+    async def aclose(self) -> None:
+        await self._core.aclose()
+
+    close = aclose
+
+    async def __aenter__(self) -> AsyncMultiplexer:
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await self.aclose()
+
+
+class _SyncCreate(_Resource):
+    _kind: RequestKind
+
+    def create(self, **params: Any) -> Any:
+        body, request_options, options = _split(params)
+        core = self._mux._core
+        stream = bool(body.get("stream"))
+        coro = core.execute(self._kind, body, request_options, options, stream=stream)
+        result = self._mux._portal.call(coro)
+        if stream:
+            from ._stream import ChunkStream
+
+            return ChunkStream(self._mux._portal, result)
+        return result
+
+
+class _SyncChatCompletions(_SyncCreate):
+    __doc__ = _AsyncChatCompletions.__doc__
+    _kind = CHAT
+
+
+class _SyncLegacyCompletions(_SyncCreate):
+    _kind = COMPLETIONS
+
+
+class _SyncEmbeddings(_SyncCreate):
+    _kind = EMBEDDINGS
+
+
+class _SyncChat(_Resource):
+    def __init__(self, mux: Any) -> None:
+        super().__init__(mux)
+        self.completions = _SyncChatCompletions(mux)
+
+
+class _SyncModels(_Resource):
+    def list(self) -> ModelPage:
+        return _model_page(self._mux._core)
+
+
+class Multiplexer(_MuxBase):
+    """The synchronous twin of :class:`AsyncMultiplexer` (an ``openai.OpenAI``-shaped client).
+
+    It runs the same async core on a private event-loop thread, started on first use, so it is
+    safe to call from any thread, including worker threads of frameworks that already run an
+    event loop (CrewAI).
+    """
+
+    def __init__(self, settings: RoutingSettings | None = None, **setting_overrides: Any) -> None:
+        if setting_overrides:
+            from .config import settings_with
+
+            settings = settings_with(settings, setting_overrides)
+        self._core = MuxCore(settings)
+        self._portal = Portal()
+        self.chat = _SyncChat(self)
+        self.completions = _SyncLegacyCompletions(self)
+        self.embeddings = _SyncEmbeddings(self)
+        self.models = _SyncModels(self)
+
+    @classmethod
+    def from_config(cls, source: str | os.PathLike[str] | Mapping[str, Any]) -> Multiplexer:
+        """Build from a TOML file or a dict (see docs/configuration.md)."""
+        from .config import build_from_config
+
+        return build_from_config(cls, source)
+
+    def run(self, coro: Any) -> Any:
+        """Run a coroutine on this Multiplexer's loop (for extensions with async APIs)."""
+        return self._portal.call(coro)
+
+    def close(self) -> None:
+        if self._portal._loop is not None:
+            self._portal.call(self._core.aclose())
+        self._portal.close()
+
+    def __enter__(self) -> Multiplexer:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()

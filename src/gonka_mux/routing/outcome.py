@@ -1,0 +1,149 @@
+"""What an upstream failure means for routing: retry elsewhere or not, and the endpoint's fate."""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["ErrorPolicy", "Failure", "parse_retry_after"]
+
+_CONTEXT_MARKERS = (
+    "context_length_exceeded",
+    "maximum context length",
+    "context length",
+    "context window",
+    "too many tokens",
+    "prompt is too long",
+)
+
+
+def parse_retry_after(value: str | None, now_wall: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header: delta-seconds or an HTTP date."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None:
+        return None
+    return max(0.0, when.timestamp() - (time.time() if now_wall is None else now_wall))
+
+
+@dataclass
+class Failure:
+    """A classified failed attempt.
+
+    ``kind`` is one of: rate_limited, server_error, timeout, connection, malformed,
+    client_error, context_length, auth, payment, gone.
+    """
+
+    kind: str
+    status: int | None
+    retryable: bool
+    error: BaseException
+    retry_after: float | None = None
+    penalize: bool = True  # counts against the endpoint's health
+    remove_endpoint: bool = False
+    body: str | None = None  # the upstream body, for the deterministic-failure check
+    message: str = ""
+
+
+def _body_text(exc: Any) -> str | None:
+    body = getattr(exc, "body", None)
+    if body is None:
+        response = getattr(exc, "response", None)
+        try:
+            return response.text if response is not None else None
+        except Exception:
+            return None
+    return str(body)
+
+
+class ErrorPolicy:
+    """Default mapping of openai exceptions to routing decisions.
+
+    Retryable (another endpoint is tried): 429, 408, 409, 5xx, connection errors, timeouts and
+    malformed responses. Not retryable: other 4xx. A context-length 400 is its own kind so the
+    router can send it to a larger-context fallback model.
+    Subclass it for networks with their own error semantics (see ``gonka_mux.gonka``).
+    """
+
+    # identical 5xx bodies twice within one request mean a deterministic failure
+    stop_on_repeated_5xx_body = False
+
+    def classify(self, exc: BaseException) -> Failure:
+        import openai
+
+        if isinstance(exc, openai.APITimeoutError):
+            return Failure("timeout", None, True, exc, message="timed out")
+        if isinstance(exc, openai.APIConnectionError):
+            return Failure("connection", None, True, exc, message=_short(exc) or "connection error")
+        if isinstance(exc, openai.APIStatusError):
+            return self.classify_status(exc, exc.status_code, _body_text(exc))
+        if isinstance(exc, openai.APIResponseValidationError):
+            return Failure("malformed", None, True, exc, message="malformed response")
+        if isinstance(exc, (ValueError, KeyError, TypeError)):  # JSON decode errors and friends
+            return Failure("malformed", None, True, exc, message=f"malformed response: {exc}")
+        return Failure("connection", None, True, exc, message=_short(exc) or type(exc).__name__)
+
+    def classify_status(self, exc: Any, status: int, body: str | None) -> Failure:
+        text = (body or "").lower()
+        if status == 429:
+            headers = getattr(getattr(exc, "response", None), "headers", None) or {}
+            retry_after = parse_retry_after(headers.get("retry-after"))
+            return Failure(
+                "rate_limited",
+                429,
+                True,
+                exc,
+                retry_after=retry_after,
+                body=body,
+                message="rate limited",
+            )
+        if status in (408, 409) or status >= 500:
+            kind = "timeout" if status in (408, 504) else "server_error"
+            return Failure(kind, status, True, exc, body=body, message=f"HTTP {status}")
+        if status in (400, 413, 422) and any(m in text for m in _CONTEXT_MARKERS):
+            return Failure(
+                "context_length",
+                status,
+                False,
+                exc,
+                penalize=False,
+                body=body,
+                message="context length exceeded",
+            )
+        if status in (401, 403):
+            return Failure(
+                "auth", status, False, exc, penalize=False, body=body, message=f"HTTP {status}"
+            )
+        if status == 402:
+            return Failure(
+                "payment", status, False, exc, penalize=False, body=body, message="payment required"
+            )
+        if status == 410:
+            return Failure(
+                "gone",
+                status,
+                False,
+                exc,
+                remove_endpoint=True,
+                body=body,
+                message="endpoint gone (410)",
+            )
+        return Failure(
+            "client_error", status, False, exc, penalize=False, body=body, message=f"HTTP {status}"
+        )
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc)
+    return text if len(text) <= 200 else text[:197] + "..."
