@@ -467,12 +467,13 @@ class MuxCore:
                         tried = set()
                         continue
                 raise failure.error
-            if ep.error_policy is not None and ep.error_policy.stop_on_repeated_5xx_body:
-                if failure.status and failure.status >= 500 and failure.body:
-                    if failure.body in last_bodies:
-                        log.info("identical %s body twice: deterministic failure", failure.status)
-                        raise failure.error
-                    last_bodies.append(failure.body)
+            policy = ep.error_policy
+            deterministic_check = policy is not None and policy.stop_on_repeated_5xx_body
+            if deterministic_check and failure.status and failure.status >= 500 and failure.body:
+                if failure.body in last_bodies:
+                    log.info("identical %s body twice: deterministic failure", failure.status)
+                    raise failure.error
+                last_bodies.append(failure.body)
 
     async def _wait_for_capacity(
         self, pool: Pool, tried: set[Endpoint], now: float, deadline_at: float
@@ -747,14 +748,13 @@ class MuxCore:
                 if t.cancelled() or t.exception() is not None:
                     return
                 outcome = t.result()
-                if isinstance(outcome, _Success):
-                    if outcome.first is not None:
-                        closer = asyncio.ensure_future(outcome.result.close())
-                        self._reapers.add(closer)
-                        closer.add_done_callback(self._reapers.discard)
-                        outcome.endpoint.inflight -= 1
-                        if outcome.endpoint.on_release is not None:
-                            outcome.endpoint.on_release(outcome.endpoint)
+                if isinstance(outcome, _Success) and outcome.first is not None:
+                    closer = asyncio.ensure_future(outcome.result.close())
+                    self._reapers.add(closer)
+                    closer.add_done_callback(self._reapers.discard)
+                    outcome.endpoint.inflight -= 1
+                    if outcome.endpoint.on_release is not None:
+                        outcome.endpoint.on_release(outcome.endpoint)
 
             self._reapers.add(task)
             task.add_done_callback(closed)
