@@ -411,8 +411,9 @@ class MuxCore:
         deadline = ctx.options.deadline if ctx.options.deadline is not None else s.deadline
         deadline_at = now + deadline if deadline else float("inf")
         self.budget.deposit(now)
-        model = ctx.model
-        pool = self.resolve(model)
+        pool = self.resolve(ctx.model)
+        if pool.model != DEFAULT_POOL:
+            ctx.model = pool.model  # an alias resolves to its target's upstream names
         tried: set[Endpoint] = set()
         user_timeout = request_options.get("timeout")
         hedge = s.hedging
@@ -462,8 +463,8 @@ class MuxCore:
                     target = s.context_fallbacks.get(str(ctx.model))
                     if target and target != ctx.model:
                         log.info("context length exceeded on %s; retrying on %s", ctx.model, target)
-                        ctx.model = target
                         pool = self.resolve(target)
+                        ctx.model = pool.model
                         tried = set()
                         continue
                 raise failure.error

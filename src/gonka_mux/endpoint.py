@@ -130,9 +130,20 @@ class Endpoint:
         )
 
     def score(self, default_cost: float) -> float:
-        """Lower is better: peak-EWMA latency x (load + 1) / weight."""
-        cost = self.ewma.cost if self.ewma.samples else default_cost
-        return cost * (self.inflight + 1.0 + self.external_load) / self.weight
+        """Lower is better: peak-EWMA latency x (load + 1) / weight.
+
+        An endpoint with no latency sample yet scores 0 while idle, so every new endpoint is
+        tried once (exploration); once it has requests in flight it scores with
+        ``default_cost``, so a new endpoint that hangs cannot pull in all the traffic.
+        """
+        load = self.inflight + self.external_load
+        if self.ewma.samples:
+            cost = self.ewma.cost
+        elif load <= 0:
+            return 0.0
+        else:
+            cost = default_cost
+        return cost * (load + 1.0) / self.weight
 
     def count_failure(self, kind: str, message: str) -> None:
         self.failures[kind] = self.failures.get(kind, 0) + 1

@@ -52,7 +52,7 @@ class RetryBudget:
     def try_withdraw(self, now: float | None = None) -> bool:
         """Take one token for a retry or hedge; False when the budget is spent."""
         self._refill(time.monotonic() if now is None else now)
-        if self._balance >= 1.0:
+        if self._balance >= 1.0 - 1e-9:  # float sums of ratio deposits
             self._balance -= 1.0
             return True
         return False
