@@ -599,6 +599,8 @@ class MuxCore:
             if not released:
                 ep.inflight -= 1
             ep.health.on_abandoned()
+            now = time.monotonic()
+            ep.ewma.observe_at_least(now - t0, now)
             self._record_attempt(ctx, ep, None, "cancelled", t0, is_hedge)
             if ep.on_release is not None:
                 ep.on_release(ep)
@@ -693,7 +695,6 @@ class MuxCore:
         start(ep, False)
         hedges = 0
         last_start = time.monotonic()
-        delay = hedge.delay_for(pool.latency)
         failure: Failure | None = None
         try:
             while pending:
@@ -701,15 +702,23 @@ class MuxCore:
                 timeout = deadline_at - now
                 can_hedge = hedges < hedge.max_hedges
                 if can_hedge:
+                    # Re-read the delay: a cold pool has no samples yet (max_delay), and the
+                    # first answers arriving meanwhile should shorten it.
+                    delay = hedge.delay_for(pool.latency)
                     timeout = min(timeout, max(0.0, last_start + delay - now))
+                    if hedge.delay is None and len(pool.latency) < hedge.min_samples:
+                        timeout = min(timeout, 0.05)
                 if timeout <= 0 and not can_hedge:
                     break
                 done, _ = await asyncio.wait(
                     pending, timeout=max(timeout, 0), return_when=asyncio.FIRST_COMPLETED
                 )
                 if not done:
-                    if time.monotonic() >= deadline_at:
+                    now = time.monotonic()
+                    if now >= deadline_at:
                         break
+                    if now < last_start + hedge.delay_for(pool.latency):
+                        continue  # woke up early to re-read a cold pool's delay
                     other = self.select(pool, tried, time.monotonic())
                     if other is not None and self.budget.try_withdraw():
                         start(other, True)
@@ -721,6 +730,8 @@ class MuxCore:
                     pending.pop(task)
                     outcome = task.result()
                     if isinstance(outcome, _Success):
+                        if outcome.endpoint is not ep:
+                            self._lost_hedge(ep, last_start, outcome.ttfb)
                         self._reap(pending)
                         pending = {}
                         return outcome
@@ -738,6 +749,20 @@ class MuxCore:
         except asyncio.CancelledError:
             self._reap(pending)
             raise
+
+    def _lost_hedge(self, ep: Endpoint, hedge_started: float, hedge_ttfb: float) -> None:
+        """The first attempt was slower than the pool's hedge delay plus a whole hedge.
+
+        That is a soft timeout: it gets the fading failure penalty (not a health failure).
+        Without it, an endpoint whose requests are always hedged and cancelled is never
+        measured and keeps attracting first attempts.
+        """
+        if ep.removed:
+            return
+        now = time.monotonic()
+        ep.ewma.observe_failure(
+            now - hedge_started + hedge_ttfb, now, self.settings.failure_penalty
+        )
 
     def _reap(self, pending: Mapping[asyncio.Task[Any], Endpoint]) -> None:
         """Cancel losing attempts; close any stream a loser managed to open."""

@@ -80,7 +80,8 @@ class Endpoint:
         context_window: int | None = None,
         health_policy: HealthPolicy | None = None,
         error_policy: ErrorPolicy | None = None,
-        ewma_tau: float = 10.0,
+        ewma_tau: float = 2.0,
+        penalty_tau: float = 10.0,
     ) -> None:
         if tier not in ("primary", "fallback"):
             raise ValueError(f"tier must be 'primary' or 'fallback', not {tier!r}")
@@ -99,7 +100,7 @@ class Endpoint:
         self.context_window = context_window
         self.health = EndpointHealth(health_policy or HealthPolicy())
         self.error_policy = error_policy
-        self.ewma = PeakEwma(tau=ewma_tau)
+        self.ewma = PeakEwma(tau=ewma_tau, penalty_tau=penalty_tau)
         self.external_load = 0.0
         self.inflight = 0
         self.removed = False
@@ -129,7 +130,7 @@ class Endpoint:
             and self.health.selectable(now)
         )
 
-    def score(self, default_cost: float) -> float:
+    def score(self, default_cost: float, now: float) -> float:
         """Lower is better: peak-EWMA latency x (load + 1) / weight.
 
         An endpoint with no latency sample yet scores 0 while idle, so every new endpoint is
@@ -137,8 +138,8 @@ class Endpoint:
         ``default_cost``, so a new endpoint that hangs cannot pull in all the traffic.
         """
         load = self.inflight + self.external_load
-        if self.ewma.samples:
-            cost = self.ewma.cost
+        if self.ewma.known:
+            cost = self.ewma.current(now)
         elif load <= 0:
             return 0.0
         else:
@@ -164,6 +165,7 @@ class Endpoint:
             "failures": dict(self.failures),
             "last_error": self.last_error,
             "ewma_latency_s": round(self.ewma.cost, 6) if self.ewma.samples else None,
+            "failure_penalty_s": round(self.ewma.penalty(now), 6),
             "inflight": self.inflight,
             "max_concurrent": self.max_concurrent,
             "external_load": self.external_load,

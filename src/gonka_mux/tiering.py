@@ -51,9 +51,9 @@ rule                   matches                                                  
 =====================  ===========================================================  ========
 ``tools``              the request has tools                                        strong
 ``response_format``    structured output was requested                              strong
-``reasoning_words``    the last user message asks to explain, prove, plan, debug...  strong
 ``long_prompt``        more than 6,000 characters of prompt                         strong
 ``deep_conversation``  10 or more non-system messages                               strong
+``reasoning_words``    the last user message asks to explain, prove, plan, debug...  strong
 ``simple_task``        the last user message asks to classify, extract, yes/no...   cheap
 =====================  ===========================================================  ========
 
@@ -187,7 +187,16 @@ class RequestFeatures:
     ``params`` are the chat-completion keyword arguments (``messages``, ``tools``...).
     """
 
-    __slots__ = ("_all_text", "_depth", "_last_user_text", "_messages", "_prompt_chars", "params")
+    __slots__ = (
+        "_all_lower",
+        "_all_text",
+        "_depth",
+        "_last_user_lower",
+        "_last_user_text",
+        "_messages",
+        "_prompt_chars",
+        "params",
+    )
 
     def __init__(self, params: Mapping[str, Any]) -> None:
         self.params = params
@@ -196,6 +205,8 @@ class RequestFeatures:
         self._prompt_chars: int | None = None
         self._last_user_text: str | None = None
         self._all_text: str | None = None
+        self._last_user_lower: str | None = None
+        self._all_lower: str | None = None
         self._depth: int | None = None
 
     @property
@@ -231,6 +242,20 @@ class RequestFeatures:
                 _content_text(m.get("content")) for m in self._messages if isinstance(m, dict)
             )
         return self._all_text
+
+    @property
+    def last_user_lower(self) -> str:
+        """:attr:`last_user_text` lower-cased (keyword rules share it)."""
+        if self._last_user_lower is None:
+            self._last_user_lower = self.last_user_text.lower()
+        return self._last_user_lower
+
+    @property
+    def all_lower(self) -> str:
+        """:attr:`all_text` lower-cased (keyword rules share it)."""
+        if self._all_lower is None:
+            self._all_lower = self.all_text.lower()
+        return self._all_lower
 
     @property
     def depth(self) -> int:
@@ -403,6 +428,7 @@ class KeywordsAny(Condition):
     tier: str | None = None
     name: str | None = None
     _pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
+    _needles: tuple[str, ...] = field(init=False, repr=False, compare=False)
     default_name = "keywords_any"
 
     def __init__(
@@ -425,22 +451,31 @@ class KeywordsAny(Condition):
         object.__setattr__(self, "scope", scope)
         object.__setattr__(self, "tier", tier)
         object.__setattr__(self, "name", name)
-        # Longest first so "yes or no" wins over "yes"; phrases match across any whitespace.
+        # Matching runs on lower-cased text with a case-sensitive pattern, compiled once here:
+        # several times faster than re.IGNORECASE. Longest first so "yes or no" wins over "yes";
+        # phrases match across any whitespace.
+        lowered = [w.lower().split() for w in cleaned]
         alternatives = sorted(
-            {r"\s+".join(map(re.escape, w.lower().split())) for w in cleaned}, key=len, reverse=True
+            {r"\s+".join(map(re.escape, w)) for w in lowered}, key=len, reverse=True
         )
-        pattern = re.compile(r"(?<!\w)(?:" + "|".join(alternatives) + r")(?!\w)", re.IGNORECASE)
+        pattern = re.compile(r"(?<!\w)(?:" + "|".join(alternatives) + r")(?!\w)")
         object.__setattr__(self, "_pattern", pattern)
+        # Every match contains its first word verbatim: plain substring checks (fast C search)
+        # rule most texts out before the regex runs.
+        object.__setattr__(self, "_needles", tuple(sorted({w[0] for w in lowered})))
 
-    def _text(self, features: RequestFeatures) -> str:
-        return features.last_user_text if self.scope == "last_user" else features.all_text
+    def _search(self, features: RequestFeatures) -> re.Match[str] | None:
+        text = features.last_user_lower if self.scope == "last_user" else features.all_lower
+        if not any(needle in text for needle in self._needles):
+            return None
+        return self._pattern.search(text)
 
     def matches(self, features: RequestFeatures) -> bool:
-        return self._pattern.search(self._text(features)) is not None
+        return self._search(features) is not None
 
     def explain(self, features: RequestFeatures) -> str:
-        found = self._pattern.search(self._text(features))
-        word = " ".join(found.group(0).lower().split()) if found else "?"
+        found = self._search(features)
+        word = " ".join(found.group(0).split()) if found else "?"
         where = "last user message" if self.scope == "last_user" else "conversation"
         return f"{where} mentions {word!r}"
 
@@ -657,12 +692,13 @@ def default_rules(
     strong: str = "strong",
 ) -> list[Rule]:
     """The default rule list (see the module docstring), with every knob overridable."""
+    # Cheap checks first: a long prompt is sent to the strong tier before any text is scanned.
     return [
         HasTools().then(strong, name="tools"),
         HasResponseFormat().then(strong, name="response_format"),
-        KeywordsAny(reasoning_words).then(strong, name="reasoning_words"),
         PromptLongerThan(long_prompt_chars).then(strong, name="long_prompt"),
         ConversationDepthAtLeast(deep_conversation_messages).then(strong, name="deep_conversation"),
+        KeywordsAny(reasoning_words).then(strong, name="reasoning_words"),
         KeywordsAny(simple_task_words).then(cheap, name="simple_task"),
     ]
 
@@ -1002,7 +1038,7 @@ class _PolicyConfig:
                 f"{tier!r} is not one of the tiers",
                 expected="one of " + ", ".join(sorted(tiers)),
             )
-        present = [k for k in _CONDITION_KEYS if k in raw]
+        present = [k for k in raw if k in _CONDITION_KEYS]  # the user's order is the AND order
         if not present:
             raise self.error(
                 where, "has no condition", expected="one or more of " + ", ".join(_CONDITION_KEYS)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import random
 from collections import Counter
-from email.utils import format_datetime
 from datetime import datetime, timedelta, timezone
+from email.utils import format_datetime
 
 import pytest
 
@@ -153,7 +153,7 @@ def test_health_policy_validation():
 
 def test_retry_budget_ratio_and_floor():
     b = RetryBudget(ratio=0.2, min_per_second=0.0, ttl=10.0)
-    for i in range(100):
+    for _i in range(100):
         b.deposit(now=b._stamp + 0.0)
     allowed = sum(b.try_withdraw(now=b._stamp) for _ in range(100))
     assert allowed == 20
@@ -166,14 +166,16 @@ def test_retry_budget_ratio_and_floor():
 
 
 def test_peak_ewma_jumps_up_and_decays_down():
-    e = PeakEwma(tau=1.0)
+    e = PeakEwma(tau=1.0, penalty_tau=1.0)
     e.observe(0.1, 0.0)
     e.observe(1.0, 0.1)
     assert e.cost == 1.0  # peak
     e.observe(0.1, 5.1)  # long after: mostly the new sample
     assert 0.1 < e.cost < 0.11
     e.observe_failure(0.001, 5.2, penalty=2.0)
-    assert e.cost == 2.0  # a fast failure looks expensive
+    assert e.current(5.2) == pytest.approx(e.cost + 2.0)  # a fast failure looks expensive
+    assert e.current(15.2) < e.cost + 0.001  # and the penalty fades with time
+    assert e.cost < 0.11  # failures are not latency samples
 
 
 def test_parse_retry_after_seconds_and_http_date():

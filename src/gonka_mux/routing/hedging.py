@@ -56,7 +56,7 @@ class HedgePolicy:
     percentile: float = 0.95
     min_delay: float = 0.01
     max_delay: float = 2.0
-    min_samples: int = 20
+    min_samples: int = 8
     max_hedges: int = 1
 
     def delay_for(self, window: LatencyWindow) -> float:
