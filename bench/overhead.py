@@ -1,4 +1,4 @@
-"""Multiplexer overhead vs a plain AsyncOpenAI client, against one fake endpoint in a separate process.
+"""Multiplexer overhead vs a plain AsyncOpenAI client (one fake endpoint in a separate process).
 
 Targets (issue 2): throughput >= 0.95x the direct client at c=1 and c=32; added p50 latency at
 c=1 <= 0.2 ms; client CPU per request <= 1.1x the direct client's; a streamed request adds

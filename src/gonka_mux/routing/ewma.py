@@ -11,10 +11,10 @@ class PeakEwma:
     """Latency estimate that jumps up at once on a slow sample and decays back over ``tau``.
 
     Failures do not count as latency samples; they add a *penalty* (at least ``penalty``
-    seconds) that fades with time constant ``penalty_tau``. So a fast 429 or 500 makes the endpoint look
-    expensive (plain EWMA would send more traffic to the endpoint that fails fastest), and an
-    endpoint that stopped failing is tried again after a few ``penalty_tau`` without anyone having to
-    probe it. Measured latency itself does not fade: a slow endpoint stays slow until a new
+    seconds) that fades with time constant ``penalty_tau``. So a fast 429 or 500 makes the
+    endpoint look expensive (plain EWMA would send more traffic to the endpoint that fails
+    fastest), and an endpoint that stopped failing is tried again after a few ``penalty_tau``
+    without anyone having to probe it. Measured latency itself does not fade: a slow endpoint stays slow until a new
     sample says otherwise (the load term of the score sends it traffic when the others are busy).
     """
 
