@@ -14,8 +14,9 @@ class PeakEwma:
     seconds) that fades with time constant ``penalty_tau``. So a fast 429 or 500 makes the
     endpoint look expensive (plain EWMA would send more traffic to the endpoint that fails
     fastest), and an endpoint that stopped failing is tried again after a few ``penalty_tau``
-    without anyone having to probe it. Measured latency itself does not fade: a slow endpoint stays slow until a new
-    sample says otherwise (the load term of the score sends it traffic when the others are busy).
+    without anyone having to probe it. Measured latency itself does not fade: a slow endpoint
+    stays slow until a new sample says otherwise (the load term of the score sends it traffic
+    when the others are busy).
     """
 
     __slots__ = ("_penalty", "_penalty_stamp", "_stamp", "cost", "penalty_tau", "samples", "tau")
