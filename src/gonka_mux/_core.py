@@ -76,6 +76,7 @@ class RoutingSettings:
             raise ValueError("deadline must be > 0 seconds or None")
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
+        strategy_from_name(self.strategy)  # fail early on an unknown name
 
 
 @dataclass

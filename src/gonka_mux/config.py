@@ -189,12 +189,17 @@ def routing_settings(
                 expected="ratio, min_per_second or ttl",
             )
         kwargs[f"retry_budget_{key}"] = _typed(value, float, source, f"routing.retry_budget.{key}")
-    if "health" in routing:
-        kwargs["health"] = HealthPolicy(
-            **_section(HealthPolicy, routing["health"], source, "routing.health")
-        )
-    if "hedging" in routing:
-        kwargs["hedging"] = _hedging(routing["hedging"], source)
+    try:
+        if "health" in routing:
+            kwargs["health"] = HealthPolicy(
+                **_section(HealthPolicy, routing["health"], source, "routing.health")
+            )
+        if "hedging" in routing:
+            kwargs["hedging"] = _hedging(routing["hedging"], source)
+    except ValueError as exc:
+        if isinstance(exc, ConfigError):
+            raise
+        raise ConfigError(str(exc), source=source, key="routing") from None
     if "context_fallbacks" in routing:
         fallbacks = _mapping(routing["context_fallbacks"], source, "routing.context_fallbacks")
         kwargs["context_fallbacks"] = {

@@ -413,6 +413,8 @@ class HasResponseFormat(Condition):
 
 
 _SCOPES = ("last_user", "all")
+# Below this many characters the regex alone is quicker than the substring prefilter.
+_PREFILTER_FROM = 512
 
 
 @dataclass(frozen=True)
@@ -466,7 +468,7 @@ class KeywordsAny(Condition):
 
     def _search(self, features: RequestFeatures) -> re.Match[str] | None:
         text = features.last_user_lower if self.scope == "last_user" else features.all_lower
-        if not any(needle in text for needle in self._needles):
+        if len(text) > _PREFILTER_FROM and not any(needle in text for needle in self._needles):
             return None
         return self._pattern.search(text)
 
