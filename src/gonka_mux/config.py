@@ -60,7 +60,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ._core import RoutingSettings
-from .errors import ConfigError
+from ._exceptions import ConfigError
 from .routing.health import HealthPolicy
 from .routing.hedging import HedgePolicy
 

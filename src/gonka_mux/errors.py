@@ -16,6 +16,8 @@ from typing import Any
 
 import openai
 
+from ._exceptions import ConfigError, GonkaMuxError
+
 try:  # openai 3.x is built on httpx2, openai 2.x on httpx.
     import httpx2 as _http  # type: ignore[import-not-found]
 
@@ -58,34 +60,6 @@ _STATUS_TYPES: dict[int, str] = {
     503: "service_unavailable",
     504: "timeout_error",
 }
-
-
-class GonkaMuxError(Exception):
-    """Base class of every error raised by gonka_mux that is not an HTTP-shaped openai error."""
-
-
-class ConfigError(GonkaMuxError, ValueError):
-    """A configuration value is missing or invalid.
-
-    ``source`` names the file (or ``"<dict>"``/``"<env>"``), ``key`` the dotted key and
-    ``expected`` what would have been accepted.
-    """
-
-    def __init__(
-        self, message: str, *, source: str | None = None, key: str | None = None, expected: str = ""
-    ) -> None:
-        self.source = source
-        self.key = key
-        self.expected = expected
-        where = ""
-        if source:
-            where += f"{source}: "
-        if key:
-            where += f"[{key}] "
-        full = f"{where}{message}"
-        if expected:
-            full += f" (expected {expected})"
-        super().__init__(full)
 
 
 class MuxErrorMixin:

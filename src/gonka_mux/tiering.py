@@ -112,7 +112,7 @@ from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from gonka_mux.errors import ConfigError, GonkaMuxError
+from gonka_mux._exceptions import ConfigError, GonkaMuxError
 
 __all__ = [
     "AUTO_MODEL",

@@ -1,0 +1,110 @@
+"""Background jobs with signed webhook callbacks (AGNT-04).
+
+- :mod:`~gonka_mux.webhooks.signing`: ``sign_payload`` / ``verify_signature`` (receivers use these).
+- :mod:`~gonka_mux.webhooks.store`: ``JobStore`` (SQLite file or in memory) for jobs and deliveries.
+- :mod:`~gonka_mux.webhooks.delivery`: ``DeliveryPolicy`` (tenacity backoff) and the POST itself.
+- :mod:`~gonka_mux.webhooks.jobs`: ``JobRunner``, which runs, persists, resumes and announces jobs.
+
+A receiver, in a few lines::
+
+    from gonka_mux.webhooks import SignatureVerificationError, verify_signature
+
+    def handle(headers, raw_body: bytes) -> int:
+        try:
+            verify_signature(SECRET, headers, raw_body)
+        except SignatureVerificationError:
+            return 400
+        delivery_id = headers["X-Gonka-Mux-Delivery"]   # process each id once
+        ...
+        return 200
+
+The runner and delivery modules (tenacity, httpx) load on first use, so a receiver that only
+verifies signatures does not pay for them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from gonka_mux.webhooks.signing import (
+    DEFAULT_TOLERANCE,
+    DELIVERY_HEADER,
+    EVENT_HEADER,
+    SIGNATURE_HEADER,
+    Secret,
+    SignatureVerificationError,
+    generate_secret,
+    sign_payload,
+    signature_header,
+    verify_signature,
+    webhook_headers,
+)
+from gonka_mux.webhooks.store import (
+    Delivery,
+    DeliveryStatus,
+    Job,
+    JobNotFoundError,
+    JobStatus,
+    JobStore,
+    JobStoreError,
+    MemoryJobStore,
+    SQLiteJobStore,
+    default_jobs_path,
+    default_state_dir,
+)
+
+if TYPE_CHECKING:
+    from gonka_mux.webhooks.delivery import (
+        EVENT_JOB_COMPLETED,
+        EVENT_JOB_FAILED,
+        DeliveryPolicy,
+    )
+    from gonka_mux.webhooks.jobs import JobRunner, JobRunnerClosedError
+
+_LAZY = {
+    "DeliveryPolicy": "gonka_mux.webhooks.delivery",
+    "EVENT_JOB_COMPLETED": "gonka_mux.webhooks.delivery",
+    "EVENT_JOB_FAILED": "gonka_mux.webhooks.delivery",
+    "JobRunner": "gonka_mux.webhooks.jobs",
+    "JobRunnerClosedError": "gonka_mux.webhooks.jobs",
+}
+
+__all__ = [
+    "DEFAULT_TOLERANCE",
+    "DELIVERY_HEADER",
+    "EVENT_HEADER",
+    "EVENT_JOB_COMPLETED",
+    "EVENT_JOB_FAILED",
+    "SIGNATURE_HEADER",
+    "Delivery",
+    "DeliveryPolicy",
+    "DeliveryStatus",
+    "Job",
+    "JobNotFoundError",
+    "JobRunner",
+    "JobRunnerClosedError",
+    "JobStatus",
+    "JobStore",
+    "JobStoreError",
+    "MemoryJobStore",
+    "SQLiteJobStore",
+    "Secret",
+    "SignatureVerificationError",
+    "default_jobs_path",
+    "default_state_dir",
+    "generate_secret",
+    "sign_payload",
+    "signature_header",
+    "verify_signature",
+    "webhook_headers",
+]
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gonka_mux.webhooks' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
