@@ -371,6 +371,36 @@ def build_from_config(cls: type[T], source: str | os.PathLike[str] | Mapping[str
             raise ConfigError(str(exc), source=name, key=key) from None
     for alias, target in aliases.items():
         mux.add_alias(str(alias), _typed(target, str, name, f"aliases.{alias}"))  # type: ignore[attr-defined]
+    apply_feature_sections(mux, data, name)
     mux.config = data  # type: ignore[attr-defined]
     mux.config_source = name  # type: ignore[attr-defined]
     return mux
+
+
+def apply_feature_sections(mux: Any, data: Mapping[str, Any], source: str) -> None:
+    """Turn on the agent features whose sections are present (tiering, webhooks, ...)."""
+    if "tiering" in data:
+        from .tiering import TieringPolicy
+
+        mux.enable_tiering(TieringPolicy.from_config(data["tiering"], source=source))
+    if "webhooks" in data:
+        from .webhooks import DeliveryPolicy
+
+        section = dict(_mapping(data["webhooks"], source, "webhooks"))
+        path = section.pop("path", None)
+        concurrency = section.pop("max_concurrency", None)
+        try:
+            policy = DeliveryPolicy(**section)
+        except TypeError as exc:
+            raise ConfigError(
+                str(exc),
+                source=source,
+                key="webhooks",
+                expected="path, max_concurrency, max_attempts, initial, max_delay, jitter, timeout",
+            ) from None
+        options: dict[str, Any] = {"delivery_policy": policy}
+        if concurrency is not None:
+            options["max_concurrency"] = _typed(
+                concurrency, int, source, "webhooks.max_concurrency"
+            )
+        mux.configure_jobs(path=path, **options)

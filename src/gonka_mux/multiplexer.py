@@ -176,6 +176,20 @@ class _MuxBase:
     """Endpoint management shared by both faces (synchronous: it only touches the registry)."""
 
     _core: MuxCore
+    config: dict[str, Any]
+
+    def _init_features(self) -> None:
+        self.config = {}
+        self._jobs: Any = None
+        self._jobs_store: Any = None
+        self._jobs_path: Any = None
+        self._jobs_options: dict[str, Any] = {}
+
+    @property
+    def jobs(self) -> Any:
+        """The ``JobRunner`` behind ``submit()`` (None before the first submit/start_jobs):
+        ``mux.jobs.get(job_id)`` gives a job's status and result."""
+        return self._jobs
 
     def add_endpoint(
         self,
@@ -261,6 +275,64 @@ class _MuxBase:
     def endpoints(self) -> list[Endpoint]:
         return list(self._core.endpoints.values())
 
+    # -- agent features -------------------------------------------------------------------
+    def enable_tiering(self, policy: Any) -> Any:
+        """Route ``model="auto"`` (or a ``tier=`` hint) by rules: a ``TieringPolicy``, a dict
+        in the ``[tiering]`` config shape, or a TOML path. Returns the policy."""
+        from .hooks.tiering import TieringHook
+        from .tiering import TieringPolicy
+
+        if isinstance(policy, Mapping):
+            policy = TieringPolicy.from_config(policy)
+        elif isinstance(policy, (str, os.PathLike)):
+            policy = TieringPolicy.from_toml(policy)
+        self._core.extensions.insert(0, TieringHook(policy))  # first: it picks the model
+        return policy
+
+    def configure_jobs(
+        self, store: Any = None, *, path: str | os.PathLike[str] | None = None, **runner_kwargs: Any
+    ) -> None:
+        """Choose the job store (default: SQLite in the state directory) and JobRunner options
+        (``delivery_policy=``, ``max_concurrency=``...) before the first ``submit``."""
+        if self._jobs is not None:
+            raise RuntimeError("configure_jobs() must be called before the first submit()")
+        self._jobs_store = store
+        self._jobs_path = path
+        self._jobs_options = runner_kwargs
+
+    async def _job_runner(self) -> Any:
+        if self._jobs is None:
+            from .webhooks import JobRunner, SQLiteJobStore
+
+            store = self._jobs_store
+            if store is None:
+                store = SQLiteJobStore(self._jobs_path)
+            core = self._core
+
+            async def execute(params: dict[str, Any]) -> dict[str, Any]:
+                body, request_options, options = _split(dict(params))
+                result = await core.execute(CHAT, body, request_options, options, stream=False)
+                return result.model_dump(mode="json", exclude_unset=True)
+
+            runner = JobRunner(store, execute, **self._jobs_options)
+            await runner.start()
+            self._jobs = runner
+        return self._jobs
+
+    async def _submit(
+        self,
+        webhook_url: str | None,
+        webhook_secret: str | None,
+        on_complete: Any,
+        params: dict[str, Any],
+    ) -> Any:
+        if params.get("stream"):
+            raise ValueError("submit() runs the request in the background: drop stream=True")
+        runner = await self._job_runner()
+        return await runner.submit(
+            params, webhook_url=webhook_url, webhook_secret=webhook_secret, on_complete=on_complete
+        )
+
     @property
     def settings(self) -> RoutingSettings:
         return self._core.settings
@@ -293,6 +365,7 @@ class AsyncMultiplexer(_MuxBase):
 
             settings = settings_with(settings, setting_overrides)
         self._core = MuxCore(settings)
+        self._init_features()
         self.chat = _AsyncChat(self)
         self.completions = _AsyncLegacyCompletions(self)
         self.embeddings = _AsyncEmbeddings(self)
@@ -305,7 +378,29 @@ class AsyncMultiplexer(_MuxBase):
 
         return build_from_config(cls, source)
 
+    async def submit(
+        self,
+        *,
+        webhook_url: str | None = None,
+        webhook_secret: str | None = None,
+        on_complete: Any = None,
+        **params: Any,
+    ) -> Any:
+        """Run a chat completion in the background; returns the persisted ``Job`` at once.
+
+        When it finishes, ``on_complete(job)`` is called and, with ``webhook_url``, a signed
+        POST is delivered (retried with backoff). Jobs and deliveries persist in the job store
+        and resume after a restart once ``start_jobs()`` (or the next ``submit``) runs.
+        """
+        return await self._submit(webhook_url, webhook_secret, on_complete, params)
+
+    async def start_jobs(self) -> Any:
+        """Start the job runner now (resuming pending jobs and deliveries); returns it."""
+        return await self._job_runner()
+
     async def aclose(self) -> None:
+        if self._jobs is not None:
+            await self._jobs.aclose()
         await self._core.aclose()
 
     close = aclose
@@ -371,6 +466,7 @@ class Multiplexer(_MuxBase):
 
             settings = settings_with(settings, setting_overrides)
         self._core = MuxCore(settings)
+        self._init_features()
         self._portal = Portal()
         self.chat = _SyncChat(self)
         self.completions = _SyncLegacyCompletions(self)
@@ -388,10 +484,37 @@ class Multiplexer(_MuxBase):
         """Run a coroutine on this Multiplexer's loop (for extensions with async APIs)."""
         return self._portal.call(coro)
 
+    def submit(
+        self,
+        *,
+        webhook_url: str | None = None,
+        webhook_secret: str | None = None,
+        on_complete: Any = None,
+        **params: Any,
+    ) -> Any:
+        """Sync twin of :meth:`AsyncMultiplexer.submit` (the job runs on this mux's loop)."""
+        return self._portal.call(self._submit(webhook_url, webhook_secret, on_complete, params))
+
+    def start_jobs(self) -> Any:
+        return self._portal.call(self._job_runner())
+
+    def wait_job(self, job_id: str, timeout: float | None = None) -> Any:
+        """Block until the job is finished; returns it."""
+        return self._portal.call(self._job_runner_wait(job_id, timeout))
+
+    async def _job_runner_wait(self, job_id: str, timeout: float | None) -> Any:
+        runner = await self._job_runner()
+        return await runner.wait(job_id, timeout)
+
     def close(self) -> None:
         if self._portal._loop is not None:
-            self._portal.call(self._core.aclose())
+            self._portal.call(self._aclose_all())
         self._portal.close()
+
+    async def _aclose_all(self) -> None:
+        if self._jobs is not None:
+            await self._jobs.aclose()
+        await self._core.aclose()
 
     def __enter__(self) -> Multiplexer:
         return self
