@@ -211,6 +211,8 @@ class MuxCore:
         self.pools: dict[str, Pool] = {}
         self.extensions: list[Extension] = []
         self.on_failure_hooks: list[Callable[[Endpoint, Failure], None]] = []
+        # async callables run by aclose(), first registered last (refresh managers, monitors)
+        self.closers: list[Callable[[], Awaitable[None]]] = []
         self._reapers: set[asyncio.Task[Any]] = set()
         self._types: Any = None
         self._timeouts: dict[tuple[float, float], Any] = {}
@@ -561,6 +563,8 @@ class MuxCore:
             timeout = self._timeout(min(ttfb, remaining), min(s.connect_timeout, remaining))
         upstream_model = ep.models.get(str(ctx.model)) or ep.models.get(DEFAULT_POOL)
         body = ctx.params
+        if ep.default_params:
+            body = {**ep.default_params, **body}
         if upstream_model is not None and body.get("model") != upstream_model:
             body = {**body, "model": upstream_model}
         ep.inflight += 1
@@ -822,6 +826,12 @@ class MuxCore:
         }
 
     async def aclose(self) -> None:
+        for closer in reversed(self.closers):
+            try:
+                await closer()
+            except Exception:
+                log.exception("closing %r failed", closer)
+        self.closers.clear()
         for task in list(self._reapers):
             task.cancel()
         closed: set[int] = set()

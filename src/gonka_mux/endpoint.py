@@ -46,6 +46,7 @@ class Endpoint:
     __slots__ = (
         "client",
         "context_window",
+        "default_params",
         "error_policy",
         "ewma",
         "external_load",
@@ -82,6 +83,7 @@ class Endpoint:
         error_policy: ErrorPolicy | None = None,
         ewma_tau: float = 2.0,
         penalty_tau: float = 10.0,
+        default_params: Mapping[str, Any] | None = None,
     ) -> None:
         if tier not in ("primary", "fallback"):
             raise ValueError(f"tier must be 'primary' or 'fallback', not {tier!r}")
@@ -98,6 +100,9 @@ class Endpoint:
         self.group = group
         self.kind = kind
         self.context_window = context_window
+        # body fields sent when the request lacks them (Gonka: max_tokens, or the network
+        # escrows 5000 tokens)
+        self.default_params = dict(default_params) if default_params else None
         self.health = EndpointHealth(health_policy or HealthPolicy())
         self.error_policy = error_policy
         self.ewma = PeakEwma(tau=ewma_tau, penalty_tau=penalty_tau)
