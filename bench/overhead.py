@@ -62,9 +62,8 @@ async def main(args: argparse.Namespace) -> int:
         mux.add_endpoint(backend.url, models=["m"], name="fake")
         meter = None
         if args.metering:
-            from gonka_mux.metering import enable_metering  # type: ignore[attr-defined]
-
-            meter = enable_metering(mux, path=Path(args.metering_db))
+            Path(args.metering_db).unlink(missing_ok=True)
+            meter = mux.enable_metering(path=Path(args.metering_db))
         # warm up both (connections, imports, pydantic caches)
         await run_round(direct.chat.completions.create, 200, 8)
         await run_round(mux.chat.completions.create, 200, 8)
@@ -130,9 +129,12 @@ async def main(args: argparse.Namespace) -> int:
             f"{p50(m_s) * 1000:>10.3f}ms{added:>+8.3f}ms  <= 0.5 ms "
             f"{'OK' if added <= 0.5 else 'MISS'}"
         )
+        await mux.aclose()  # flushes the meter
         if meter is not None:
-            meter.close()
-        await mux.aclose()
+            from gonka_mux.metering import SqliteUsageStore, UsageQuery
+
+            n = UsageQuery(SqliteUsageStore(args.metering_db, readonly=True)).totals().requests
+            print(f"metering recorded {n} requests in {args.metering_db}")
         await direct.close()
     print("ALL TARGETS MET" if ok else "SOME TARGETS MISSED")
     return 0 if ok else 1

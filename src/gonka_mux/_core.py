@@ -213,6 +213,10 @@ class MuxCore:
         self.on_failure_hooks: list[Callable[[Endpoint, Failure], None]] = []
         # async callables run by aclose(), first registered last (refresh managers, monitors)
         self.closers: list[Callable[[], Awaitable[None]]] = []
+        # (endpoint, ctx) -> truthy ticket, or falsy to skip the endpoint (endpoint rate limits)
+        self.endpoint_gate: Callable[[Endpoint, RequestContext], Awaitable[Any]] | None = None
+        # ask streams for their usage chunk (metering, limits) even when the caller did not
+        self.wants_stream_usage = False
         self._reapers: set[asyncio.Task[Any]] = set()
         self._types: Any = None
         self._timeouts: dict[tuple[float, float], Any] = {}
@@ -380,6 +384,14 @@ class MuxCore:
         try:
             for ext in exts:
                 await ext.before(ctx)
+            if stream and self.wants_stream_usage:
+                so = ctx.params.get("stream_options")
+                if not (isinstance(so, Mapping) and so.get("include_usage")):
+                    ctx.params = {
+                        **ctx.params,
+                        "stream_options": {**(so or {}), "include_usage": True},
+                    }
+                    ctx.extras["hide_usage_chunk"] = True
             result = await self._route(kind, ctx, request_options)
         except BaseException as exc:
             ctx.status = "cancelled" if isinstance(exc, asyncio.CancelledError) else "error"
@@ -434,16 +446,33 @@ class MuxCore:
             pool.primary = (ep,)
         last_bodies: list[str] = []
         attempt_no = 0
+        gated: dict[Endpoint, float] = {}  # endpoints skipped for their rate limit -> retry at
         while True:
             now = time.monotonic()
             if now >= deadline_at:
                 self._raise_deadline(ctx, deadline)
             ep = self.select(pool, tried, now)
             if ep is None:
+                if gated:
+                    # Every other endpoint was tried or is limited: wait for the first limit
+                    # to free up (within the deadline and wait_for_capacity), then retry them.
+                    back_at = min(gated.values())
+                    limit = min(deadline_at, now + s.wait_for_capacity)
+                    if back_at < limit:
+                        await asyncio.sleep(max(0.0, back_at - now))
+                        tried.difference_update(gated)
+                        gated.clear()
+                        continue
                 waited = await self._wait_for_capacity(pool, tried, now, deadline_at)
                 if waited:
                     continue
                 self._raise_exhausted(ctx, pool, tried)
+            if self.endpoint_gate is not None:
+                ticket = await self.endpoint_gate(ep, ctx)
+                if not ticket:
+                    tried.add(ep)
+                    gated[ep] = now + float(getattr(ticket, "retry_after", 1.0) or 0.0)
+                    continue
             if attempt_no > 0:
                 if attempt_no >= s.max_attempts or not self.budget.try_withdraw(now):
                     self._raise_exhausted(ctx, pool, tried, budget=True)

@@ -379,6 +379,40 @@ def build_from_config(cls: type[T], source: str | os.PathLike[str] | Mapping[str
 
 def apply_feature_sections(mux: Any, data: Mapping[str, Any], source: str) -> None:
     """Turn on the agent features whose sections are present (tiering, webhooks, ...)."""
+    if "limits" in data:
+        section = dict(_mapping(data["limits"], source, "limits"))
+        backend = section.pop("backend", "memory")
+        path = section.pop("path", None)
+        redis_url = section.pop("redis_url", None)
+        if backend not in ("memory", "sqlite", "redis"):
+            raise ConfigError(
+                f"got {backend!r}",
+                source=source,
+                key="limits.backend",
+                expected="'memory', 'sqlite' or 'redis'",
+            )
+        mux.enable_limits(section, backend=backend, path=path, redis_url=redis_url)
+    if "metering" in data or "prices" in data:
+        section = dict(_mapping(data.get("metering", {}), source, "metering"))
+        if section.pop("enabled", True):
+            store = section.pop("store", "sqlite")
+            path = section.pop("path", None)
+            if store not in ("sqlite", "memory"):
+                raise ConfigError(
+                    f"got {store!r}",
+                    source=source,
+                    key="metering.store",
+                    expected="'sqlite' or 'memory'",
+                )
+            if section:
+                raise ConfigError(
+                    "unknown key(s) " + ", ".join(sorted(section)),
+                    source=source,
+                    key="metering",
+                    expected="enabled, store, path",
+                )
+            prices = data.get("prices")
+            mux.enable_metering("memory" if store == "memory" else None, path=path, prices=prices)
     if "tiering" in data:
         from .tiering import TieringPolicy
 

@@ -180,6 +180,8 @@ class _MuxBase:
 
     def _init_features(self) -> None:
         self.config = {}
+        self.limiter: Any = None
+        self.meter: Any = None
         self._jobs: Any = None
         self._jobs_store: Any = None
         self._jobs_path: Any = None
@@ -289,6 +291,77 @@ class _MuxBase:
         self._core.extensions.insert(0, TieringHook(policy))  # first: it picks the model
         return policy
 
+    def enable_limits(
+        self,
+        config: Any = None,
+        *,
+        backend: Any = "memory",
+        path: str | os.PathLike[str] | None = None,
+        redis_url: str | None = None,
+        default_max_tokens: int = 1024,
+    ) -> Any:
+        """Local rate limits per caller key (``caller=``) and per endpoint.
+
+        ``config``: a ``LimitsConfig`` or a dict in the ``[limits]`` shape (tiers with rpm/tpm,
+        keys -> tier, endpoints, default_tier, max_wait); default tier from
+        ``GONKA_DEFAULT_RPM``/``GONKA_DEFAULT_TPM``. ``backend``: ``"memory"`` (one process),
+        ``"sqlite"`` (several processes on one host, file at ``path``), ``"redis"`` (many hosts,
+        ``redis_url``) or a backend object. Returns the ``RateLimiter`` (also ``mux.limiter``).
+        """
+        from .hooks.limits import LimitsHook
+        from .limits import LimitsConfig, RateLimiter
+
+        if config is None or isinstance(config, Mapping):
+            config = LimitsConfig.from_dict(config)
+        if isinstance(backend, str):
+            backend = _limit_backend(backend, path, redis_url)
+        limiter = RateLimiter(backend, config)
+        hook = LimitsHook(limiter, default_max_tokens=default_max_tokens)
+        self._core.extensions.append(hook)
+        if config.endpoints:
+            self._core.endpoint_gate = hook.endpoint_gate
+        self._core.wants_stream_usage = True
+        self._core.closers.append(limiter.aclose)
+        self.limiter = limiter
+        return limiter
+
+    def enable_metering(
+        self,
+        store: Any = None,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        prices: Any = None,
+        **meter_options: Any,
+    ) -> Any:
+        """Record one ``UsageRecord`` per request (tokens, latency, endpoint, attempts, cost).
+
+        ``store``: a usage store, ``"memory"``, or None for SQLite at ``path`` (default: the
+        state directory). ``prices``: ``Prices`` or ``{model: {prompt, completion}}`` per 1M
+        tokens. Writes happen on a background thread; ``aclose()`` flushes them. Returns the
+        ``Meter`` (also ``mux.meter``); query it with ``gonka_mux.metering.UsageQuery``.
+        """
+        from .hooks.metering import MeteringHook
+        from .metering import MemoryUsageStore, Meter, Prices, SqliteUsageStore
+
+        if store is None:
+            store = SqliteUsageStore(path)
+        elif store == "memory":
+            store = MemoryUsageStore()
+        if isinstance(prices, Mapping):
+            prices = Prices.from_dict(prices)
+        meter = Meter(store, prices, **meter_options)
+        self._core.extensions.append(MeteringHook(meter))
+        self._core.wants_stream_usage = True
+
+        async def close_meter() -> None:
+            import asyncio
+
+            await asyncio.to_thread(meter.close)
+
+        self._core.closers.append(close_meter)
+        self.meter = meter
+        return meter
+
     def configure_jobs(
         self, store: Any = None, *, path: str | os.PathLike[str] | None = None, **runner_kwargs: Any
     ) -> None:
@@ -340,6 +413,22 @@ class _MuxBase:
     def stats(self) -> dict[str, Any]:
         """Per endpoint: requests, successes, failures by kind, EWMA latency, in-flight, state."""
         return self._core.stats()
+
+
+def _limit_backend(kind: str, path: Any, redis_url: str | None) -> Any:
+    if kind == "memory":
+        from .limits import MemoryLimitBackend
+
+        return MemoryLimitBackend()
+    if kind == "sqlite":
+        from .limits import SqliteLimitBackend
+
+        return SqliteLimitBackend(path)
+    if kind == "redis":
+        from .limits import RedisLimitBackend
+
+        return RedisLimitBackend(redis_url)
+    raise ValueError(f"unknown limits backend {kind!r}: use 'memory', 'sqlite' or 'redis'")
 
 
 def _unique_name(core: MuxCore, base: str) -> str:
