@@ -104,11 +104,12 @@ def _worker(args: argparse.Namespace, url: str, out: multiprocessing.Queue) -> N
         out.put(_library_loop(args.client, url, payload, args.stream, args.seconds))
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU seconds of a process (Linux /proc)."""
+def _cpu_seconds(pid: int) -> tuple[float, float]:
+    """(user, system) CPU seconds of a process (Linux /proc)."""
     with open(f"/proc/{pid}/stat") as file:
         fields = file.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 def main() -> None:
@@ -134,7 +135,9 @@ def main() -> None:
         elapsed = time.perf_counter() - started
         for worker in workers:
             worker.join()
-        server_cpu = _cpu_seconds(backend.pid) - cpu_before
+        cpu_after = _cpu_seconds(backend.pid)
+        user, system = (after - before for after, before in zip(cpu_after, cpu_before, strict=True))
+        server_cpu = user + system
         served = backend.request_count - served_before
 
     kind = "stream" if args.stream else "json"
@@ -143,7 +146,10 @@ def main() -> None:
     print(f"requests:               {total} in {elapsed:.2f}s (server served {served})")
     print(f"client_rps:             {total / elapsed:,.0f} req/s")
     if server_cpu > 0 and served:
-        print(f"server_cpu_per_request: {server_cpu / served * 1e6:,.0f} us")
+        print(
+            f"server_cpu_per_request: {server_cpu / served * 1e6:,.0f} us "
+            f"({user / served * 1e6:,.0f} us user, {system / served * 1e6:,.0f} us system)"
+        )
         print(f"server_rps_per_core:    {served / server_cpu:,.0f} req/s per server CPU second")
 
 

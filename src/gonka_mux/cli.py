@@ -27,7 +27,7 @@ def _demo(args: argparse.Namespace) -> int:
 def _fake_backend(args: argparse.Namespace) -> int:
     from .testing.__main__ import main as fake_main
 
-    return fake_main(args.fake_args)
+    return fake_main(args.fake_args, prog="gonka-mux fake-backend")
 
 
 def build_parser() -> argparse.ArgumentParser:

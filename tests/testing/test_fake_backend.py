@@ -805,10 +805,13 @@ def test_cli_prints_the_url_first_and_stops_cleanly_on_ctrl_c() -> None:
 
 
 def test_cli_rejects_bad_options(capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(SystemExit) as info:
-        fake_cli.main(["--rate-429", "2"])
-    assert info.value.code == 2
-    assert "rate_429" in capsys.readouterr().err
+    assert fake_cli.main(["--rate-429", "2"], prog="gonka-mux fake-backend") == 2
+    err = capsys.readouterr().err
+    assert "rate_429" in err and err.startswith("usage: gonka-mux fake-backend")
+    assert fake_cli.main(["--faults-json", "{not json"]) == 2
+    assert fake_cli.main(["--faults-json", "[1]"]) == 2
+    assert fake_cli.main(["--replies-json", '{"content": "x"}']) == 2
+    assert fake_cli.main(["--help"]) == 0
     parser = fake_cli.build_parser()
     args = parser.parse_args(["--rate-drop", "0.25", "--retry-after", "3", "--ttft", "0.5"])
     faults = fake_cli._faults(args)

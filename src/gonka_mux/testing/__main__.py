@@ -65,6 +65,8 @@ def build_parser(prog: str = "python -m gonka_mux.testing") -> argparse.Argument
 
 def _faults(args: argparse.Namespace) -> Faults:
     base: dict[str, Any] = json.loads(args.faults_json) if args.faults_json else {}
+    if not isinstance(base, dict):
+        raise ValueError("--faults-json must be a JSON object of Faults fields")
     flags = {
         "latency": args.latency,
         "jitter": args.jitter,
@@ -104,14 +106,27 @@ async def _serve(backend: FakeBackend) -> None:
         await backend.serve(ready)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Run one fake backend until interrupted. Returns the process exit code."""
-    parser = build_parser()
+def main(argv: list[str] | None = None, *, prog: str | None = None) -> int:
+    """Run one fake backend until interrupted. Returns the exit code (2 for bad options).
+
+    ``prog`` names the command in help and errors (e.g. ``"gonka-mux fake-backend"``).
+    """
+    try:
+        return _main(argv, prog or "python -m gonka_mux.testing")
+    except SystemExit as exc:  # argparse: --help, or bad options (message already printed)
+        return exc.code if isinstance(exc.code, int) else 2
+
+
+def _main(argv: list[str] | None, prog: str) -> int:
+    parser = build_parser(prog)
     args = parser.parse_args(argv)
     try:
         replies = None
         if args.replies_json:
-            replies = [Reply.from_dict(item) for item in json.loads(args.replies_json)]
+            items = json.loads(args.replies_json)
+            if not isinstance(items, list):
+                raise ValueError("--replies-json must be a JSON array of replies")
+            replies = [Reply.from_dict(item) for item in items]
         backend = FakeBackend(
             host=args.host,
             port=args.port,

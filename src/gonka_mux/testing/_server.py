@@ -470,10 +470,6 @@ class _Connection(asyncio.Protocol):
             self._closed = True
             self._transport.close()
 
-    @property
-    def idle(self) -> bool:
-        return self._task is None
-
     # parsing ----------------------------------------------------------------------------
 
     def _next_request(self) -> None:
