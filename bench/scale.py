@@ -26,8 +26,11 @@ N = 1000
 def import_time() -> float:
     code = "import time; t=time.perf_counter(); import gonka_mux; print(time.perf_counter()-t)"
     runs = [
-        float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             check=True).stdout)
+        float(
+            subprocess.run(
+                [sys.executable, "-c", code], capture_output=True, text=True, check=True
+            ).stdout
+        )
         for _ in range(5)
     ]
     return statistics.median(runs)
@@ -37,13 +40,18 @@ async def main() -> int:
     ok = True
     t_import = import_time()
     ok &= t_import <= 0.5
-    print(f"import gonka_mux: {t_import * 1000:.1f} ms (target <= 500 ms) "
-          f"{'OK' if t_import <= 0.5 else 'MISS'}")
+    print(
+        f"import gonka_mux: {t_import * 1000:.1f} ms (target <= 500 ms) "
+        f"{'OK' if t_import <= 0.5 else 'MISS'}"
+    )
 
-    with FakeFleet([FakeBackendSpec(name=f"b{i}", faults=Faults(latency=0.05)) for i in range(4)]
-                   ) as fleet:
-        clients = [openai.AsyncOpenAI(base_url=fleet[f"b{i}"].url, api_key="x", max_retries=0)
-                   for i in range(4)]
+    with FakeFleet(
+        [FakeBackendSpec(name=f"b{i}", faults=Faults(latency=0.05)) for i in range(4)]
+    ) as fleet:
+        clients = [
+            openai.AsyncOpenAI(base_url=fleet[f"b{i}"].url, api_key="x", max_retries=0)
+            for i in range(4)
+        ]
 
         def make_set(tag: str) -> list[Endpoint]:
             return [
@@ -69,8 +77,10 @@ async def main() -> int:
                 core.select(pool, tried, time.monotonic())
             per = (time.perf_counter() - t0) / k
             ok &= per <= 20e-6
-            print(f"select over {N} endpoints ({strategy}): {per * 1e6:.2f} us "
-                  f"(target <= 20 us) {'OK' if per <= 20e-6 else 'MISS'}")
+            print(
+                f"select over {N} endpoints ({strategy}): {per * 1e6:.2f} us "
+                f"(target <= 20 us) {'OK' if per <= 20e-6 else 'MISS'}"
+            )
 
         mux = AsyncMultiplexer(first_byte_timeout=5)
         mux.replace_endpoints("gonka", make_set("old"))
@@ -112,12 +122,16 @@ async def main() -> int:
         await asyncio.gather(*workers)
         worst = max(swap_times + remove_times + add_times)
         ok &= worst <= 0.010 and failures == 0
-        print(f"swap {N} endpoints for {N} new ones: median {statistics.median(swap_times) * 1e3:.2f}"
-              f" ms, worst {max(swap_times) * 1e3:.2f} ms; remove all {remove_times[0] * 1e3:.2f} ms;"
-              f" add all {add_times[0] * 1e3:.2f} ms (target <= 10 ms) "
-              f"{'OK' if worst <= 0.010 else 'MISS'}")
-        print(f"requests during the swaps: {done} ok, {failures} failed (target 0) "
-              f"{'OK' if failures == 0 else 'MISS'}; {len(names)} endpoints before removal")
+        print(
+            f"swap {N} endpoints for {N} new ones: median {statistics.median(swap_times) * 1e3:.2f}"
+            f" ms, worst {max(swap_times) * 1e3:.2f} ms; remove all {remove_times[0] * 1e3:.2f} ms;"
+            f" add all {add_times[0] * 1e3:.2f} ms (target <= 10 ms) "
+            f"{'OK' if worst <= 0.010 else 'MISS'}"
+        )
+        print(
+            f"requests during the swaps: {done} ok, {failures} failed (target 0) "
+            f"{'OK' if failures == 0 else 'MISS'}; {len(names)} endpoints before removal"
+        )
         for c in clients:
             await c.close()
     print("ALL TARGETS MET" if ok else "SOME TARGETS MISSED")

@@ -118,8 +118,33 @@ class _AsyncLegacyCompletions(_AsyncCreate):
     _kind = COMPLETIONS
 
 
-class _AsyncEmbeddings(_AsyncCreate):
-    _kind = EMBEDDINGS
+class _AsyncEmbeddings(_Resource):
+    async def create(self, **params: Any) -> Any:
+        body, request_options, options = _split(params)
+        body, decode = _embedding_request(body)
+        result = await self._mux._core.execute(
+            EMBEDDINGS, body, request_options, options, stream=False
+        )
+        return _decode_embeddings(result) if decode else result
+
+
+def _embedding_request(body: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """Ask for base64 floats unless the caller chose a format, as the openai SDK does."""
+    if "encoding_format" in body:
+        return body, False
+    return {**body, "encoding_format": "base64"}, True
+
+
+def _decode_embeddings(result: Any) -> Any:
+    import array
+    import base64
+
+    for item in getattr(result, "data", ()) or ():
+        if isinstance(item.embedding, str):
+            floats = array.array("f")
+            floats.frombytes(base64.b64decode(item.embedding))
+            item.embedding = floats.tolist()
+    return result
 
 
 class _AsyncChat(_Resource):
@@ -526,8 +551,13 @@ class _SyncLegacyCompletions(_SyncCreate):
     _kind = COMPLETIONS
 
 
-class _SyncEmbeddings(_SyncCreate):
-    _kind = EMBEDDINGS
+class _SyncEmbeddings(_Resource):
+    def create(self, **params: Any) -> Any:
+        body, request_options, options = _split(params)
+        body, decode = _embedding_request(body)
+        coro = self._mux._core.execute(EMBEDDINGS, body, request_options, options, stream=False)
+        result = self._mux._portal.call(coro)
+        return _decode_embeddings(result) if decode else result
 
 
 class _SyncChat(_Resource):
