@@ -413,6 +413,39 @@ def apply_feature_sections(mux: Any, data: Mapping[str, Any], source: str) -> No
                 )
             prices = data.get("prices")
             mux.enable_metering("memory" if store == "memory" else None, path=path, prices=prices)
+    if "sessions" in data:
+        section = dict(_mapping(data["sessions"], source, "sessions"))
+        store = section.pop("store", "disk")
+        path = section.pop("path", None)
+        if path is not None and store == "disk":
+            from .sessions import DiskSessionStore
+
+            store = DiskSessionStore(path)
+        ttl = section.pop("ttl", None)
+        windows = section.pop("context_windows", None)
+        if section:
+            raise ConfigError(
+                "unknown key(s) " + ", ".join(sorted(section)),
+                source=source,
+                key="sessions",
+                expected="store ('memory', 'disk' or a redis:// URL), path, ttl, context_windows",
+            )
+        try:
+            mux.enable_sessions(store, ttl=ttl, context_windows=windows)
+        except ValueError as exc:
+            raise ConfigError(str(exc), source=source, key="sessions") from None
+    if "memory" in data:
+        section = dict(_mapping(data["memory"], source, "memory"))
+        path = section.pop("path", None)
+        model = section.pop("embedding_model", None)
+        if section:
+            raise ConfigError(
+                "unknown key(s) " + ", ".join(sorted(section)),
+                source=source,
+                key="memory",
+                expected="path, embedding_model (embeds through the Multiplexer)",
+            )
+        mux.enable_memory(path, embedder="mux" if model else None, embedding_model=model)
     if "tiering" in data:
         from .tiering import TieringPolicy
 

@@ -207,6 +207,8 @@ class _MuxBase:
         self.config = {}
         self.limiter: Any = None
         self.meter: Any = None
+        self.sessions: Any = None
+        self.memory: Any = None
         self._jobs: Any = None
         self._jobs_store: Any = None
         self._jobs_path: Any = None
@@ -387,6 +389,71 @@ class _MuxBase:
         self.meter = meter
         return meter
 
+    def enable_sessions(
+        self,
+        store: Any = None,
+        *,
+        ttl: float | None = None,
+        context_windows: Mapping[str, int] | None = None,
+        **manager_options: Any,
+    ) -> Any:
+        """Keep conversations server-side: ``create(..., session_id="s1")`` prepends the stored
+        history (trimmed to the model's context window) and stores the new turn and the reply.
+
+        ``store``: a session store, or ``"memory"``, ``"disk"`` (the default: diskcache in the
+        state directory, several processes on one host) or a ``redis://`` URL. ``ttl``: idle
+        seconds before a session expires (default ``GONKA_SESSION_TTL`` or 3600).
+        ``context_windows``: tokens per model (endpoints' ``context_window`` fill it in).
+        Returns the ``SessionManager`` (also ``mux.sessions``: get, list, delete, export,
+        import_).
+        """
+        from .hooks.sessions import SessionsHook
+        from .sessions import SessionManager
+
+        store = _session_store(store)
+        windows = {
+            model: ep.context_window
+            for ep in self._core.endpoints.values()
+            if ep.context_window
+            for model in ep.models
+        }
+        windows.update(context_windows or {})
+        manager = SessionManager(store, ttl=ttl, context_windows=windows, **manager_options)
+        hook = SessionsHook(manager)
+        # after tiering (which picks the model), before limits (which count the full prompt)
+        position = 1 if self._core.extensions and _is_tiering(self._core.extensions[0]) else 0
+        self._core.extensions.insert(position, hook)
+        self._core.closers.append(manager.aclose)
+        self.sessions = manager
+        return manager
+
+    def enable_memory(
+        self,
+        path: str | os.PathLike[str] | None = None,
+        *,
+        embedder: Any = None,
+        embedding_model: str | None = None,
+        **store_options: Any,
+    ) -> Any:
+        """Long-term memory (``mux.memory``): ``put``/``get``/``delete``/``list``/``search``
+        per namespace, BM25-ranked over SQLite FTS5, persistent at ``path`` (default: the state
+        directory). ``embedder``: any callable, or ``"mux"`` to embed through this Multiplexer
+        with ``embedding_model``, for hybrid ranking."""
+        from .memory import MemoryStore
+
+        if embedder == "mux":
+            embedder = self
+        store = MemoryStore(
+            path, embedder=embedder, embedding_model=embedding_model, **store_options
+        )
+        self.memory = store
+
+        async def close_memory() -> None:
+            store.close()
+
+        self._core.closers.append(close_memory)
+        return store
+
     def configure_jobs(
         self, store: Any = None, *, path: str | os.PathLike[str] | None = None, **runner_kwargs: Any
     ) -> None:
@@ -438,6 +505,32 @@ class _MuxBase:
     def stats(self) -> dict[str, Any]:
         """Per endpoint: requests, successes, failures by kind, EWMA latency, in-flight, state."""
         return self._core.stats()
+
+
+def _is_tiering(ext: Any) -> bool:
+    from .hooks.tiering import TieringHook
+
+    return isinstance(ext, TieringHook)
+
+
+def _session_store(store: Any) -> Any:
+    if store is None or store == "disk":
+        from .sessions import DiskSessionStore
+
+        return DiskSessionStore()
+    if store == "memory":
+        from .sessions import MemorySessionStore
+
+        return MemorySessionStore()
+    if isinstance(store, str) and store.startswith(("redis://", "rediss://", "unix://")):
+        from .sessions import RedisSessionStore
+
+        return RedisSessionStore(store)
+    if isinstance(store, str):
+        raise ValueError(
+            f"unknown session store {store!r}: use 'memory', 'disk', a redis:// URL or a store"
+        )
+    return store
 
 
 def _limit_backend(kind: str, path: Any, redis_url: str | None) -> Any:
