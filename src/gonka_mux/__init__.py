@@ -42,6 +42,11 @@ _EXPORTS: dict[str, str] = {
     "StreamInterrupted": "gonka_mux.errors",
     "ContextLengthExceeded": "gonka_mux.errors",
     "Attempt": "gonka_mux.errors",
+    # Gonka network
+    "register_gonka_models": "gonka_mux.gonka",
+    "aregister_gonka_models": "gonka_mux.gonka",
+    "add_gonka_broker": "gonka_mux.gonka",
+    "aadd_gonka_broker": "gonka_mux.gonka",
 }
 
 __all__ = ["__version__", *_EXPORTS]
@@ -61,6 +66,12 @@ if TYPE_CHECKING:
         NoEndpointAvailable,
         RateLimitError,
         StreamInterrupted,
+    )
+    from .gonka import (
+        aadd_gonka_broker,
+        add_gonka_broker,
+        aregister_gonka_models,
+        register_gonka_models,
     )
     from .multiplexer import AsyncMultiplexer, Multiplexer
     from .routing import (

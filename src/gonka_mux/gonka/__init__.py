@@ -1,9 +1,17 @@
-"""The Gonka protocol layer: keys, request signing, participant discovery, epochs, proofs.
+"""The Gonka network: keys, request signing, discovery, epochs, proofs, and its Multiplexer glue.
 
-Nothing here knows about routing. Names are re-exported lazily, so ``import gonka_mux.gonka``
-costs nothing until one is used (and openai is only imported by ``make_signed_client``)::
+The protocol layer (keys, signing, discovery, epochs, proofs) knows nothing about routing;
+``register_gonka_models``/``add_gonka_broker`` put Gonka capacity into a Multiplexer, the
+refresh manager follows epochs and ``GonkaErrorPolicy`` maps the nodes' errors. Names are
+re-exported lazily, so ``import gonka_mux.gonka`` costs nothing until one is used (openai is
+imported only by the Multiplexer-facing parts)::
 
-    from gonka_mux.gonka import RequestSigner, GonkaAuth, discover
+    from gonka_mux import AsyncMultiplexer
+    from gonka_mux.gonka import aregister_gonka_models, add_gonka_broker
+
+    mux = AsyncMultiplexer()
+    await aregister_gonka_models(mux, source_url="http://node1.example:8000")  # GONKA_* env
+    await mux.chat.completions.create(model="MiniMaxAI/MiniMax-M2.7", messages=[...])
 
     signer = RequestSigner()                      # GONKA_PRIVATE_KEY / GONKA_PRIVATE_KEY_FILE
     found = discover("http://node1.example:8000")  # participants of the current epoch
@@ -17,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from .config import GonkaConfig, GonkaEndpoint, parse_endpoints
+    from .demo import run_gonka_demo
     from .discovery import (
         AccountInfo,
         DiscoveryResult,
@@ -54,16 +63,40 @@ if TYPE_CHECKING:
         GonkaSigningError,
     )
     from .keys import PrivateKey, address_from_public_key, is_valid_address, load_private_key
+    from .policy import (
+        ClassicApiRetired,
+        GonkaAccessRestricted,
+        GonkaAccountError,
+        GonkaAuthenticationError,
+        GonkaClockSkew,
+        GonkaErrorPolicy,
+        GonkaModelNotServed,
+        InsufficientBalance,
+        TransferAgentNotAllowed,
+    )
     from .proofs import verify_participants_proof
+    from .refresh import GonkaRefreshManager, RefreshResult
+    from .registration import (
+        GonkaEndpointGroup,
+        GonkaRegistrationResult,
+        aadd_gonka_broker,
+        add_gonka_broker,
+        aregister_gonka_models,
+        register_gonka_models,
+    )
     from .signing import (
         INTERNAL_HEADERS,
+        ChainClockSync,
         GonkaAuth,
         NanoClock,
         RequestSigner,
         available_backends,
         default_clock,
+        gonka_auth_flow,
+        is_clock_skew_error,
         make_signed_client,
         signing_message,
+        ssl_context_for,
     )
 
 _EXPORTS: dict[str, str] = {
@@ -105,48 +138,89 @@ _EXPORTS: dict[str, str] = {
     "is_valid_address": "keys",
     "load_private_key": "keys",
     "verify_participants_proof": "proofs",
+    "run_gonka_demo": "demo",
+    "ClassicApiRetired": "policy",
+    "GonkaAccessRestricted": "policy",
+    "GonkaAccountError": "policy",
+    "GonkaAuthenticationError": "policy",
+    "GonkaClockSkew": "policy",
+    "GonkaErrorPolicy": "policy",
+    "GonkaModelNotServed": "policy",
+    "InsufficientBalance": "policy",
+    "TransferAgentNotAllowed": "policy",
+    "GonkaRefreshManager": "refresh",
+    "RefreshResult": "refresh",
+    "GonkaEndpointGroup": "registration",
+    "GonkaRegistrationResult": "registration",
+    "aadd_gonka_broker": "registration",
+    "add_gonka_broker": "registration",
+    "aregister_gonka_models": "registration",
+    "register_gonka_models": "registration",
     "INTERNAL_HEADERS": "signing",
+    "ChainClockSync": "signing",
     "GonkaAuth": "signing",
     "NanoClock": "signing",
     "RequestSigner": "signing",
     "available_backends": "signing",
     "default_clock": "signing",
+    "gonka_auth_flow": "signing",
+    "is_clock_skew_error": "signing",
     "make_signed_client": "signing",
     "signing_message": "signing",
+    "ssl_context_for": "signing",
 }
 
 __all__ = [
     "INTERNAL_HEADERS",
     "AccountInfo",
+    "ChainClockSync",
     "ChainStatus",
+    "ClassicApiRetired",
     "ConfirmationPocPhase",
     "DiscoveryResult",
     "EpochInfo",
     "EpochStages",
+    "GonkaAccessRestricted",
+    "GonkaAccountError",
     "GonkaAuth",
+    "GonkaAuthenticationError",
+    "GonkaClockSkew",
     "GonkaConfig",
     "GonkaConfigError",
     "GonkaDiscoveryError",
     "GonkaEndpoint",
+    "GonkaEndpointGroup",
     "GonkaError",
+    "GonkaErrorPolicy",
+    "GonkaModelNotServed",
     "GonkaNoParticipantsError",
     "GonkaParticipant",
     "GonkaPayloadError",
     "GonkaProofVerificationError",
+    "GonkaRefreshManager",
+    "GonkaRegistrationResult",
     "GonkaSigningError",
+    "InsufficientBalance",
     "NanoClock",
     "NodeIdentity",
     "PrivateKey",
+    "RefreshResult",
     "RequestSigner",
+    "TransferAgentNotAllowed",
+    "aadd_gonka_broker",
+    "add_gonka_broker",
     "address_from_public_key",
     "adiscover",
     "afetch_chain_status",
     "afetch_epoch_info",
+    "aregister_gonka_models",
     "available_backends",
     "default_clock",
     "discover",
     "fetch_chain_status",
     "fetch_epoch_info",
+    "gonka_auth_flow",
+    "is_clock_skew_error",
     "is_valid_address",
     "load_private_key",
     "make_signed_client",
@@ -159,7 +233,10 @@ __all__ = [
     "parse_models",
     "parse_participants",
     "parse_pricing",
+    "register_gonka_models",
+    "run_gonka_demo",
     "signing_message",
+    "ssl_context_for",
     "switch_height",
     "verify_participants_proof",
 ]

@@ -16,6 +16,12 @@ so every attempt (retries included) must be signed afresh with a new timestamp. 
 does this: it is an auth callable ``(request) -> request`` that httpx and httpx2 (openai 2.x and
 3.x) call once per attempt, from inside the SDK's own retry loop.
 
+TAs judge ``X-Timestamp`` against their chain's latest block time (60 s back, 30 s ahead on
+mainnet), not wall time. :func:`gonka_auth_flow` wraps a :class:`GonkaAuth` into an httpx/httpx2
+``Auth`` *flow* that, when a TA answers 400 "signature is too old / in the future", resyncs the
+clock once to that TA's ``/chain-rpc/status`` (:class:`ChainClockSync`) and resends the request
+re-signed with a new timestamp, inside the same SDK attempt.
+
 Two backends produce identical bytes: coincurve (libsecp256k1, ``pip install gonka-mux[fast]``,
 about 30x faster) and python-ecdsa. ``backend="auto"`` picks coincurve when it is importable.
 """
@@ -24,9 +30,11 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import importlib
+import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncGenerator, Callable, Generator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 from .errors import GonkaConfigError, GonkaSigningError
@@ -38,15 +46,22 @@ if TYPE_CHECKING:
 __all__ = [
     "INTERNAL_HEADERS",
     "BackendName",
+    "ChainClockSync",
     "GonkaAuth",
     "NanoClock",
     "RequestSigner",
     "SigningBackend",
     "available_backends",
     "default_clock",
+    "gonka_auth_flow",
+    "http_library_of",
+    "is_clock_skew_error",
     "make_signed_client",
     "signing_message",
+    "ssl_context_for",
 ]
+
+logger = logging.getLogger("gonka_mux.gonka")
 
 BackendName = Literal["auto", "coincurve", "ecdsa"]
 
@@ -376,6 +391,240 @@ def _request_body(request: Any) -> bytes:
         ) from exc
 
 
+# --- clock resync: an auth flow that retries once after a timestamp rejection ----------------
+
+# What TAs (and executors) answer when X-Timestamp is outside the window around chain time.
+_SKEW_MARKERS = (b"signature is too old", b"signature is in the future", b"timestamp is too old")
+
+
+def is_clock_skew_error(status: int, body: bytes | str) -> bool:
+    """True for a TA's 400 "signature is too old" / "signature is in the future" (and the
+    executor's "Request timestamp is too old")."""
+    if status != 400:
+        return False
+    data = body.encode() if isinstance(body, str) else body
+    lowered = data[:2000].lower()
+    return any(marker in lowered for marker in _SKEW_MARKERS)
+
+
+def node_base_url(url: str) -> str:
+    """``http://host:8000`` from ``http://host:8000/v1/chat/completions`` (the node's root,
+    where ``/chain-rpc/status`` is served)."""
+    head, sep, _ = url.partition("/v1/")
+    if sep:
+        return head.rstrip("/")
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0]}"
+
+
+class ChainClockSync:
+    """Aligns a :class:`NanoClock` to a TA's chain time after a timestamp rejection.
+
+    :meth:`resync` / :meth:`aresync` read ``/chain-rpc/status`` (``latest_block_time``) from the
+    node that answered, then from ``sources`` in order, and move the clock's offset to it.
+    Concurrent rejections share one read: a sync done less than ``min_interval`` seconds ago
+    counts as done (the caller just re-signs with the current offset).
+    """
+
+    __slots__ = (
+        "_last_sync",
+        "_lock",
+        "_pending",
+        "clock",
+        "min_interval",
+        "sources",
+        "syncs",
+        "timeout",
+    )
+
+    def __init__(
+        self,
+        clock: NanoClock,
+        *,
+        sources: Sequence[str] = (),
+        min_interval: float = 1.0,
+        timeout: float = 5.0,
+    ) -> None:
+        self.clock = clock
+        self.sources = tuple(s.rstrip("/") for s in sources)
+        self.min_interval = min_interval
+        self.timeout = timeout
+        self.syncs = 0  # successful chain-time reads (for stats and tests)
+        self._last_sync = float("-inf")
+        self._lock = threading.Lock()  # one sync read at a time (sync clients)
+        self._pending: Any = None  # the async read in progress, awaited by concurrent callers
+
+    def _targets(self, request_url: str) -> list[str]:
+        return list(dict.fromkeys([node_base_url(request_url), *self.sources]))
+
+    def _recent(self) -> bool:
+        return time.monotonic() - self._last_sync < self.min_interval
+
+    def _apply(self, status: Any, observed_at: int) -> bool:
+        before = self.clock.offset_seconds
+        after = self.clock.sync_to(status.latest_block_time_ns, local_ns=observed_at)
+        self._last_sync = time.monotonic()
+        self.syncs += 1
+        logger.info(
+            "Gonka clock resynced to chain time: offset %+.3f s (was %+.3f s)", after, before
+        )
+        return True
+
+    def resync(self, request_url: str) -> bool:
+        """Sync from the answering node (then ``sources``); False when none could be read."""
+        if self._recent():
+            return True
+        with self._lock:
+            if self._recent():  # another thread just did it
+                return True
+            return self._resync_now(request_url)
+
+    def _resync_now(self, request_url: str) -> bool:
+        from .discovery import fetch_chain_status
+        from .errors import GonkaError
+
+        for target in self._targets(request_url):
+            started = time.time_ns()
+            try:
+                status = fetch_chain_status(target, timeout=self.timeout)
+            except GonkaError as exc:
+                logger.warning("cannot read chain time from %s: %s", target, exc)
+                continue
+            return self._apply(status, (started + time.time_ns()) // 2)
+        return False
+
+    async def aresync(self, request_url: str) -> bool:
+        """Async twin of :meth:`resync`; concurrent callers on one loop share one read."""
+        if self._recent():
+            return True
+        import asyncio
+
+        loop = asyncio.get_running_loop()
+        pending = self._pending
+        if pending is not None and not pending.done() and pending.get_loop() is loop:
+            return bool(await asyncio.shield(pending))
+        future = loop.create_future()
+        self._pending = future
+        try:
+            ok = await self._aresync_now(request_url)
+        except BaseException:
+            future.set_result(False)
+            raise
+        finally:
+            if self._pending is future:
+                self._pending = None
+        future.set_result(ok)
+        return ok
+
+    async def _aresync_now(self, request_url: str) -> bool:
+        from .discovery import afetch_chain_status
+        from .errors import GonkaError
+
+        for target in self._targets(request_url):
+            started = time.time_ns()
+            try:
+                status = await afetch_chain_status(target, timeout=self.timeout)
+            except GonkaError as exc:
+                logger.warning("cannot read chain time from %s: %s", target, exc)
+                continue
+            return self._apply(status, (started + time.time_ns()) // 2)
+        return False
+
+    def __repr__(self) -> str:
+        return f"ChainClockSync(clock={self.clock!r}, syncs={self.syncs})"
+
+
+_flow_classes: dict[str, type] = {}
+_flow_lock = threading.Lock()
+
+
+def _flow_class(library: str) -> type:
+    """The ``Auth`` subclass for ``httpx`` or ``httpx2`` (each has its own ``Auth`` base that
+    its clients check with ``isinstance``), built once, on first use."""
+    cls = _flow_classes.get(library)
+    if cls is not None:
+        return cls
+    with _flow_lock:
+        cls = _flow_classes.get(library)
+        if cls is None:
+            module = importlib.import_module(library)
+            cls = type(
+                "GonkaAuthFlow",
+                (_GonkaAuthFlowMixin, module.Auth),
+                {"__module__": __name__, "__qualname__": f"GonkaAuthFlow[{library}]"},
+            )
+            _flow_classes[library] = cls
+    return cls
+
+
+class _GonkaAuthFlowMixin:
+    """Signs each request; on a timestamp rejection resyncs the clock once and resends it
+    re-signed. Other responses are handed back unread, so streams stay streams."""
+
+    requires_request_body = True
+    requires_response_body = False
+
+    def __init__(self, auth: GonkaAuth, clock_sync: ChainClockSync | None = None) -> None:
+        self.auth = auth
+        self.clock_sync = clock_sync
+
+    def sync_auth_flow(self, request: Any) -> Generator[Any, Any, None]:
+        request.read()
+        response = yield self.auth(request)
+        sync = self.clock_sync
+        if sync is None or response.status_code != 400:
+            return
+        response.read()
+        if is_clock_skew_error(400, response.content) and sync.resync(str(request.url)):
+            yield self.auth(request)  # a new timestamp, so a new signature
+
+    async def async_auth_flow(self, request: Any) -> AsyncGenerator[Any, Any]:
+        await request.aread()
+        response = yield self.auth(request)
+        sync = self.clock_sync
+        if sync is None or response.status_code != 400:
+            return
+        await response.aread()
+        if is_clock_skew_error(400, response.content) and await sync.aresync(str(request.url)):
+            yield self.auth(request)
+
+    def __repr__(self) -> str:
+        return f"GonkaAuthFlow({self.auth!r}, clock_sync={self.clock_sync is not None})"
+
+
+def gonka_auth_flow(
+    auth: GonkaAuth, library: str = "httpx", clock_sync: ChainClockSync | bool | None = True
+) -> Any:
+    """Wrap ``auth`` as an ``Auth`` flow of ``library`` (``"httpx"`` or ``"httpx2"``: the one
+    the HTTP client belongs to). ``clock_sync=True`` resyncs ``auth.clock`` from the answering
+    node on a timestamp rejection; pass a :class:`ChainClockSync` to share one between clients
+    or to add fallback sources; ``None``/``False`` only signs."""
+    if library not in ("httpx", "httpx2"):
+        raise GonkaConfigError("library", f"expected 'httpx' or 'httpx2', got {library!r}")
+    if clock_sync is True:
+        clock_sync = ChainClockSync(auth.clock)
+    return _flow_class(library)(auth, clock_sync or None)
+
+
+def ssl_context_for(async_: bool = True) -> Any:
+    """A TLS context made the way the openai SDK's default HTTP client makes its own (CA
+    bundle, ``SSL_CERT_FILE``...), to share between many signed clients."""
+    import openai
+
+    client_class = openai.DefaultAsyncHttpxClient if async_ else openai.DefaultHttpxClient
+    module = importlib.import_module(http_library_of(client_class))
+    return module.create_ssl_context()
+
+
+def http_library_of(client_class: type) -> str:
+    """``"httpx2"`` or ``"httpx"``: the package an HTTP client class comes from."""
+    for base in client_class.__mro__:
+        root = base.__module__.partition(".")[0]
+        if root in ("httpx", "httpx2"):
+            return root
+    return "httpx"
+
+
 def _base_url(target: Any) -> tuple[str, str | None]:
     if isinstance(target, str):
         url = target.rstrip("/")
@@ -393,6 +642,8 @@ def make_signed_client(
     max_retries: int = 0,
     clock: NanoClock | None = None,
     default_headers: Mapping[str, str] | None = None,
+    resync_clock: bool | ChainClockSync = False,
+    ssl_context: Any = None,
 ) -> AsyncOpenAI | OpenAI:
     """An ``openai.AsyncOpenAI`` (or ``OpenAI`` with ``async_=False``) that signs for one TA.
 
@@ -400,6 +651,13 @@ def make_signed_client(
     ``base_url`` and, unless ``transfer_address`` is given, its address are used) or a URL
     (``/v1`` is appended when missing). ``signer`` defaults to one built from the environment.
     The SDK's own default HTTP client is kept and signing is hooked into it as ``auth=``.
+
+    ``resync_clock=True`` (or a shared :class:`ChainClockSync`) makes the hook an auth flow that
+    answers a 400 "signature is too old / in the future" by syncing the clock to the node's
+    chain time once and resending the request re-signed (see :func:`gonka_auth_flow`).
+
+    ``ssl_context`` (from :func:`ssl_context_for`) is shared instead of building one per
+    client: building an HTTP client costs 20-50 ms, nearly all of it loading CA certificates.
     """
     import openai
 
@@ -412,7 +670,12 @@ def make_signed_client(
         )
     if signer is None or isinstance(signer, PrivateKey):
         signer = RequestSigner(signer)
-    auth = GonkaAuth(signer, address, clock)
+    signing = GonkaAuth(signer, address, clock)
+    client_class = openai.DefaultAsyncHttpxClient if async_ else openai.DefaultHttpxClient
+    auth: Any = signing
+    if resync_clock:
+        sync = resync_clock if isinstance(resync_clock, ChainClockSync) else None
+        auth = gonka_auth_flow(signing, http_library_of(client_class), sync or True)
     common: dict[str, Any] = {
         "api_key": "gonka",  # unused: GonkaAuth replaces the Authorization header
         "base_url": base_url,
@@ -420,8 +683,10 @@ def make_signed_client(
         "max_retries": max_retries,
         "default_headers": dict(default_headers or {}),
     }
+    options: dict[str, Any] = {"auth": auth, "timeout": timeout}
+    if ssl_context is not None:
+        options["verify"] = ssl_context
+    http_client = client_class(**options)
     if async_:
-        http_client = openai.DefaultAsyncHttpxClient(auth=auth, timeout=timeout)
         return openai.AsyncOpenAI(http_client=http_client, **common)
-    sync_client = openai.DefaultHttpxClient(auth=auth, timeout=timeout)
-    return openai.OpenAI(http_client=sync_client, **common)
+    return openai.OpenAI(http_client=http_client, **common)

@@ -62,7 +62,7 @@ def _config_error(
     message: str, *, key: str, expected: str = "", source: str = "<dict>"
 ) -> NoReturn:
     # errors.py imports openai (slow); pay for it only when there is an error to raise.
-    from gonka_mux.errors import ConfigError
+    from gonka_mux._exceptions import ConfigError
 
     raise ConfigError(message, source=source, key=key, expected=expected)
 

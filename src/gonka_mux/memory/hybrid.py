@@ -21,7 +21,7 @@ from array import array
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
 
-from gonka_mux.errors import GonkaMuxError
+from gonka_mux._exceptions import GonkaMuxError
 
 __all__ = [
     "RRF_K",

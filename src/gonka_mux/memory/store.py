@@ -38,7 +38,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gonka_mux.errors import GonkaMuxError
+from gonka_mux._exceptions import GonkaMuxError
 from gonka_mux.memory._bm25 import pack_tokens, tokenize
 from gonka_mux.memory.bm25_fallback import FallbackIndex
 from gonka_mux.memory.hybrid import (

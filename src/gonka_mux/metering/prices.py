@@ -68,6 +68,6 @@ def _price(value: Any, key: str) -> float:
 
 
 def _error(message: str, key: str) -> NoReturn:
-    from gonka_mux.errors import ConfigError
+    from gonka_mux._exceptions import ConfigError
 
     raise ConfigError(message, key=key, source="<dict>", expected="{prompt = N, completion = N}")

@@ -20,7 +20,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol, runtime_checkable
 
-from gonka_mux.errors import GonkaMuxError
+from gonka_mux._exceptions import GonkaMuxError
 
 __all__ = [
     "InvalidSessionData",

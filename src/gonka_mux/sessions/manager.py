@@ -37,7 +37,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from gonka_mux.errors import ConfigError
+from gonka_mux._exceptions import ConfigError
 from gonka_mux.sessions.base import (
     InvalidSessionData,
     Message,
