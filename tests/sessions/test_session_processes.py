@@ -68,6 +68,8 @@ async def test_killed_writer_loses_nothing_committed(make_persistent_store: Stor
     committed = max([committed, *(int(line.split()[1]) for line in rest.splitlines())])
     assert committed >= 60
     pairs = _turns(await make().load_messages("s"))  # a fresh store: what reached the disk
-    # Every turn the child saw committed is there; at most the one in flight may follow.
-    assert pairs[: committed + 1] == [(f"w-q{i}", f"w-r{i}") for i in range(committed + 1)]
-    assert len(pairs) in (committed + 1, committed + 2)
+    # Every turn the child reported committed is there. More may follow (lines still in the
+    # pipe's read-ahead buffer when we stopped reading, and the one in flight), but each stored
+    # turn is whole and in order: no half turn, no gap.
+    assert len(pairs) >= committed + 1
+    assert pairs == [(f"w-q{i}", f"w-r{i}") for i in range(len(pairs))]
