@@ -569,7 +569,12 @@ class MuxCore:
                 "reached. Check the failing endpoints with mux.stats()."
             )
         if all(a.status == 429 for a in attempts):
-            raise AllEndpointsRateLimited(model, attempts, hint=hint)
+            now = time.monotonic()
+            at = self._next_available(pool, set(), now)
+            wait = max(1, int((at or now) - now + 0.999))
+            raise AllEndpointsRateLimited(
+                model, attempts, hint=hint, headers={"Retry-After": str(wait)}
+            )
         raise AllEndpointsFailed(model, attempts, hint=hint)
 
     async def _attempt(

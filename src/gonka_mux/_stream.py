@@ -41,8 +41,13 @@ class _Partial:
         choice = choices[0]
         if choice.index != 0:  # n > 1: the session keeps the first choice
             return
-        delta = choice.delta
-        if delta is None:
+        delta = getattr(choice, "delta", None)
+        if delta is None:  # a legacy completions chunk (CompletionChoice) carries .text
+            text = getattr(choice, "text", None)
+            if text:
+                self.content.append(text)
+            if choice.finish_reason:
+                self.finish_reason = choice.finish_reason
             return
         text = getattr(delta, "content", None)
         if text:

@@ -208,6 +208,7 @@ class _MuxBase:
         self.limiter: Any = None
         self.meter: Any = None
         self.sessions: Any = None
+        self._epoch_watchers: list[Any] = []
         self.memory: Any = None
         self._jobs: Any = None
         self._jobs_store: Any = None
@@ -505,6 +506,28 @@ class _MuxBase:
     def stats(self) -> dict[str, Any]:
         """Per endpoint: requests, successes, failures by kind, EWMA latency, in-flight, state."""
         return self._core.stats()
+
+    def epoch_status(self) -> list[dict[str, Any]] | None:
+        """What each Gonka epoch watcher knows (epoch, phase, switch height, last refresh);
+        None when no Gonka participants were registered with a refresh manager."""
+        if not self._epoch_watchers:
+            return None
+        return [
+            {
+                "group": getattr(w.group, "group", None),
+                "epoch": w.current_epoch,
+                "phase": w.phase,
+                "poc_active": w.poc_active,
+                "block_height": w.block_height,
+                "switch_height": w.switch_height,
+                "prefetched_epoch": w.prefetched_epoch,
+                "last_refresh": w.last_refresh,
+                "last_error": w.last_error,
+                "swaps": w.swaps,
+                "running": w.is_running,
+            }
+            for w in self._epoch_watchers
+        ]
 
 
 def _is_tiering(ext: Any) -> bool:

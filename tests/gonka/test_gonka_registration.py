@@ -331,3 +331,12 @@ def test_sync_multiplexer_registration_and_broker(net, signer) -> None:
         )
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert_verified(net.inference_requests, signer)
+
+
+async def test_epoch_status_reports_the_watcher(net, signer) -> None:
+    async with AsyncMultiplexer() as mux:
+        assert mux.epoch_status() is None
+        result = await register(mux, net, signer)
+        status = mux.epoch_status()
+        assert status is not None and status[0]["epoch"] == result.epoch_id
+        assert status[0]["group"] == "gonka" and status[0]["phase"]

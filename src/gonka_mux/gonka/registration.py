@@ -629,6 +629,7 @@ def _start_manager(mux: Any, manager: GonkaRefreshManager) -> None:
     async face, or (no loop running yet) with the first request."""
     core = mux._core
     core.closers.append(manager.aclose)
+    mux._epoch_watchers.append(manager)
     portal = getattr(mux, "_portal", None)
     if portal is not None:
         manager.start(portal.loop)

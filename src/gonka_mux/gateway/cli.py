@@ -1,0 +1,271 @@
+"""``gonka-mux gateway``: serve a Multiplexer over OpenAI's HTTP API with uvicorn.
+
+::
+
+    gonka-mux gateway --config gonka-mux.toml [--host 0.0.0.0] [--port 9000]
+    gonka-mux gateway keys create --name my-agent --tier pro     # prints the key once
+    gonka-mux gateway keys list | revoke KEY_ID | set-tier KEY_ID TIER
+
+Settings, first found wins: the flag, the environment (``GONKA_GATEWAY_HOST``,
+``GONKA_GATEWAY_PORT``), the config file's ``[gateway]`` table, the default. The admin API key is
+``GONKA_ADMIN_API_KEY``; when it is unset, one is generated on the first start, printed once and
+stored hashed next to the API keys (``--new-admin-key`` replaces it).
+
+``[gateway]`` keys: ``host``, ``port``, ``keys_db``, ``max_body_bytes``,
+``allow_private_webhooks``. Limits, tiers, metering, sessions, memory and webhooks come from
+their own sections of the same file (``[limits]``, ``[metering]``, ``[sessions]``, ``[memory]``,
+``[webhooks]``). A gateway always has them all: without ``[limits]`` every key gets the
+``default`` tier (``GONKA_DEFAULT_RPM`` / ``GONKA_DEFAULT_TPM``), and the others default to
+files in the state directory (``GONKA_MUX_STATE_DIR``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+# Checked without importing (importing starlette and uvicorn is slow): `gonka-mux` builds every
+# subcommand's parser on each run, and without the extra this module must fail to import so the
+# main CLI can say which extra to install.
+for _dependency in ("starlette", "uvicorn"):
+    if importlib.util.find_spec(_dependency) is None:
+        raise ImportError(f"No module named {_dependency!r}", name=_dependency)
+
+__all__ = ["register"]
+
+DEFAULT_HOST = "0.0.0.0"
+DEFAULT_PORT = 9000
+_GATEWAY_KEYS = {
+    "host",
+    "port",
+    "keys_db",
+    "max_body_bytes",
+    "allow_private_webhooks",
+}
+
+
+def register(subparsers: Any) -> None:
+    """Add ``gateway`` (and ``gateway keys ...``) to the ``gonka-mux`` command line."""
+    p = subparsers.add_parser(
+        "gateway",
+        help="serve the Multiplexer over OpenAI's HTTP API (API keys, limits, metering)",
+        description="Serve a Multiplexer built from --config over an OpenAI-compatible HTTP API "
+        "with API keys, per-key rate limits, metering, sessions, memory, background jobs and an "
+        "admin API. See docs/gateway.md.",
+    )
+    p.add_argument("--config", help="the gonka-mux TOML file (endpoints, limits, [gateway])")
+    p.add_argument("--host", help=f"bind address (GONKA_GATEWAY_HOST, default {DEFAULT_HOST})")
+    p.add_argument("--port", type=int, help=f"port (GONKA_GATEWAY_PORT, default {DEFAULT_PORT})")
+    p.add_argument("--keys-db", help="API key database (default: the state directory)")
+    p.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
+    p.add_argument(
+        "--new-admin-key",
+        action="store_true",
+        help="generate a new admin key even if one was generated before (printed once)",
+    )
+    p.set_defaults(func=_serve)
+    sub = p.add_subparsers(dest="gateway_command", metavar="{keys}")
+    keys = sub.add_parser("keys", help="create, list, revoke API keys or change their tier")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", dest="keys_config", help="the TOML file ([gateway].keys_db, [limits] tiers)"
+    )
+    common.add_argument("--keys-db", dest="keys_keys_db", help="API key database")
+    actions = keys.add_subparsers(dest="keys_action", metavar="ACTION", required=True)
+    create = actions.add_parser("create", help="make a key (printed once)", parents=[common])
+    create.add_argument("--name", default="", help="a label for the key")
+    create.add_argument("--tier", default="default", help="rate-limit tier (default 'default')")
+    actions.add_parser("list", help="list keys (never their secrets)", parents=[common])
+    revoke = actions.add_parser("revoke", help="revoke a key", parents=[common])
+    revoke.add_argument("key_id")
+    set_tier = actions.add_parser("set-tier", help="change a key's tier", parents=[common])
+    set_tier.add_argument("key_id")
+    set_tier.add_argument("tier")
+    keys.set_defaults(func=_keys)
+
+
+def _fail(message: str) -> int:
+    print(f"gonka-mux gateway: {message}", file=sys.stderr)
+    return 2
+
+
+def _gateway_section(config: Mapping[str, Any], source: str) -> dict[str, Any]:
+    from gonka_mux.errors import ConfigError
+
+    section = config.get("gateway") or {}
+    if not isinstance(section, Mapping):
+        raise ConfigError("must be a table", source=source, key="gateway")
+    unknown = sorted(set(section) - _GATEWAY_KEYS)
+    if unknown:
+        raise ConfigError(
+            f"unknown key(s) {', '.join(unknown)}",
+            source=source,
+            key="gateway",
+            expected="one of " + ", ".join(sorted(_GATEWAY_KEYS)),
+        )
+    return dict(section)
+
+
+def _state_path(name: str) -> Path:
+    from gonka_mux.metering._paths import state_dir
+
+    return state_dir() / name
+
+
+def _keys_db(flag: str | None, section: Mapping[str, Any]) -> str:
+    return str(flag or section.get("keys_db") or _state_path("gateway-keys.sqlite3"))
+
+
+def _setting(flag: Any, env: str, section: Mapping[str, Any], name: str, default: Any) -> Any:
+    if flag is not None:
+        return flag
+    if os.environ.get(env):
+        return os.environ[env]
+    return section.get(name, default)
+
+
+def _read_config(path: str | None) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(the whole config, its [gateway] table); empty without a file."""
+    if path is None:
+        return {}, {}
+    from gonka_mux.config import load_config
+
+    data, source = load_config(path)
+    return data, _gateway_section(data, source)
+
+
+def _check_tier(config: Mapping[str, Any], tier: str) -> None:
+    """Refuse a tier the config's [limits] does not define (no config: any name goes)."""
+    if not config:
+        return
+    from gonka_mux.errors import ConfigError
+    from gonka_mux.limits import LimitsConfig
+
+    tiers = LimitsConfig.from_dict(config.get("limits")).tiers
+    if tier not in tiers:
+        raise ConfigError(
+            f"unknown tier {tier!r}", key="tier", expected="one of " + ", ".join(sorted(tiers))
+        )
+
+
+def _keys(args: argparse.Namespace) -> int:
+    from gonka_mux.errors import ConfigError
+
+    from .keys import KeyNotFoundError, KeyStore, KeyStoreError
+
+    try:
+        config, section = _read_config(args.keys_config or args.config)
+        if args.keys_action in ("create", "set-tier"):
+            _check_tier(config, args.tier)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    store = KeyStore(_keys_db(args.keys_keys_db or args.keys_db, section))
+    try:
+        if args.keys_action == "create":
+            record, plaintext = store.create(name=args.name, tier=args.tier)
+            print(f"id:   {record.id}\ntier: {record.tier}\nkey:  {plaintext}")
+            print("The key is shown only now; store it safely.", file=sys.stderr)
+        elif args.keys_action == "list":
+            for key in store.list():
+                state = "active" if key.active else "revoked"
+                print(f"{key.id}  {key.tier:<12} {state:<8} {key.name}")
+        elif args.keys_action == "revoke":
+            print(f"revoked {store.revoke(args.key_id).id}")
+        else:
+            record = store.set_tier(args.key_id, args.tier)
+            print(f"{record.id} tier {record.tier}")
+    except (KeyNotFoundError, KeyStoreError) as exc:
+        return _fail(str(exc).strip("'\""))
+    finally:
+        store.close()
+    return 0
+
+
+def _admin_key(store: Any, new: bool) -> str | None:
+    """The admin key to use; generated (and printed once) when none is set or stored."""
+    from_env = os.environ.get("GONKA_ADMIN_API_KEY")
+    if from_env:
+        return from_env
+    if store.admin_key_hash() is not None and not new:
+        print(
+            "gonka-mux gateway: admin API key: the one generated on an earlier start (stored "
+            f"hashed in {store.path}); set GONKA_ADMIN_API_KEY or pass --new-admin-key to "
+            "replace it.",
+            file=sys.stderr,
+        )
+        return None  # the app checks against the stored hash
+    plaintext = store.generate_admin_key()
+    print(
+        "gonka-mux gateway: generated an admin API key; it is shown only now and stored "
+        f"hashed in {store.path}:\n\n    {plaintext}\n",
+        file=sys.stderr,
+    )
+    return plaintext
+
+
+def _enable_defaults(mux: Any) -> None:
+    """Turn on what a gateway always offers and the config left off."""
+    if getattr(mux, "limiter", None) is None:
+        mux.enable_limits(None)
+    if getattr(mux, "meter", None) is None:
+        mux.enable_metering()
+    if getattr(mux, "sessions", None) is None:
+        mux.enable_sessions()
+    if getattr(mux, "memory", None) is None:
+        mux.enable_memory()
+
+
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gonka_mux import AsyncMultiplexer
+    from gonka_mux.errors import ConfigError
+
+    from .app import DEFAULT_MAX_BODY, create_app
+    from .keys import KeyStore
+
+    if args.config is None:
+        return _fail(
+            "--config FILE is required: it lists the endpoints to serve (see "
+            "docs/configuration.md and docs/gateway.md)"
+        )
+    try:
+        mux = AsyncMultiplexer.from_config(args.config)
+        config = getattr(mux, "config", {}) or {}
+        section = _gateway_section(config, args.config)
+        host = str(_setting(args.host, "GONKA_GATEWAY_HOST", section, "host", DEFAULT_HOST))
+        port_text = _setting(args.port, "GONKA_GATEWAY_PORT", section, "port", DEFAULT_PORT)
+        try:
+            port = int(port_text)
+            if not 0 <= port <= 65535:
+                raise ValueError
+        except (TypeError, ValueError):
+            raise ConfigError(
+                f"invalid port {port_text!r}", key="gateway.port", expected="0..65535"
+            ) from None
+        _enable_defaults(mux)
+    except ConfigError as exc:
+        return _fail(str(exc))
+    store = KeyStore(_keys_db(args.keys_db, section))
+    admin_key = _admin_key(store, args.new_admin_key)
+    app = create_app(
+        mux,
+        keys=store,
+        admin_key=admin_key,
+        max_body_bytes=int(section.get("max_body_bytes", DEFAULT_MAX_BODY)),
+        allow_private_webhooks=bool(section.get("allow_private_webhooks", False)),
+        close_mux=True,
+    )
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=host, port=port, log_level=args.log_level, lifespan="on")
+    )
+    try:
+        server.run()
+    finally:
+        store.close()
+    return 0
