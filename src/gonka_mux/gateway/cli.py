@@ -112,7 +112,7 @@ def _gateway_section(config: Mapping[str, Any], source: str) -> dict[str, Any]:
 
 
 def _state_path(name: str) -> Path:
-    from gonka_mux.metering._paths import state_dir
+    from gonka_mux._paths import state_dir
 
     return state_dir() / name
 

@@ -62,7 +62,7 @@ class SqliteLimitBackend:
         self, path: str | os.PathLike[str] | None = None, *, clock: Callable[[], float] = time.time
     ) -> None:
         if path is None:
-            from gonka_mux.metering._paths import state_dir
+            from gonka_mux._paths import state_dir
 
             path = state_dir() / "limits.sqlite3"
         self.path = Path(path)

@@ -141,7 +141,7 @@ def fts5_available() -> bool:
 
 
 def _default_path() -> Path:
-    from gonka_mux.metering._paths import state_dir
+    from gonka_mux._paths import state_dir
 
     return state_dir() / "memory.sqlite3"
 

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from ._paths import state_dir
+from .._paths import state_dir
 from .records import RECORD_FIELDS, UsageRecord
 
 __all__ = [
@@ -46,7 +46,7 @@ _COLUMNS = ", ".join(RECORD_FIELDS)
 
 
 def default_usage_db() -> Path:
-    """``usage.sqlite3`` in the state directory (:func:`gonka_mux.metering._paths.state_dir`)."""
+    """``usage.sqlite3`` in the state directory (:func:`gonka_mux._paths.state_dir`)."""
     return state_dir() / "usage.sqlite3"
 
 

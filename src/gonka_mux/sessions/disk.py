@@ -51,7 +51,7 @@ _SCHEMA = [
 
 
 def _default_path() -> Path:
-    from gonka_mux.metering._paths import state_dir
+    from gonka_mux._paths import state_dir
 
     return state_dir() / "sessions.sqlite3"
 

@@ -199,13 +199,9 @@ class JobStore(Protocol):
 def default_state_dir() -> Path:
     """``$GONKA_MUX_STATE_DIR``, else ``$XDG_STATE_HOME/gonka_mux``, else
     ``~/.local/state/gonka_mux``."""
-    explicit = os.environ.get("GONKA_MUX_STATE_DIR")
-    if explicit:
-        return Path(explicit).expanduser()
-    xdg = os.environ.get("XDG_STATE_HOME")
-    if xdg:
-        return Path(xdg).expanduser() / "gonka_mux"
-    return Path.home() / ".local" / "state" / "gonka_mux"
+    from .._paths import state_dir
+
+    return state_dir()
 
 
 def default_jobs_path() -> Path:

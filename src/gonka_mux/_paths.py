@@ -1,4 +1,4 @@
-"""Where gonka_mux keeps its state files (the usage database, the SQLite rate-limit file)."""
+"""Where gonka_mux keeps its state files (usage, rate limits, sessions, memory, jobs, keys)."""
 
 from __future__ import annotations
 
