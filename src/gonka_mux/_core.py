@@ -217,6 +217,10 @@ class MuxCore:
         self.endpoint_gate: Callable[[Endpoint, RequestContext], Awaitable[Any]] | None = None
         # ask streams for their usage chunk (metering, limits) even when the caller did not
         self.wants_stream_usage = False
+        # async set-up deferred to the first request, on the loop that serves (e.g. vLLM nodes
+        # named in a config file read outside any loop)
+        self.startup: list[Callable[[], Awaitable[Any]]] = []
+        self._startup_lock: asyncio.Lock | None = None
         self._reapers: set[asyncio.Task[Any]] = set()
         self._types: Any = None
         self._timeouts: dict[tuple[float, float], Any] = {}
@@ -379,6 +383,8 @@ class MuxCore:
         *,
         stream: bool,
     ) -> Any:
+        if self.startup:
+            await self.run_startup()
         ctx = RequestContext(kind.name, params, options, stream)
         exts = self.extensions
         try:
@@ -410,6 +416,14 @@ class MuxCore:
         if exts:
             await self._run_after(ctx)
         return result
+
+    async def run_startup(self) -> None:
+        """Run the deferred set-up once; concurrent first requests wait for it."""
+        if self._startup_lock is None:
+            self._startup_lock = asyncio.Lock()
+        async with self._startup_lock:
+            while self.startup:
+                await self.startup.pop(0)()
 
     async def _run_after(self, ctx: RequestContext) -> None:
         for ext in reversed(self.extensions):

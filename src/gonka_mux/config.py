@@ -377,6 +377,29 @@ def build_from_config(cls: type[T], source: str | os.PathLike[str] | Mapping[str
     return mux
 
 
+def _vllm_section(mux: Any, data: Mapping[str, Any], source: str) -> None:
+    """``[vllm]`` (base_url, health_url, interval) or ``GONKA_VLLM_BASE_URL`` registers a vLLM
+    node; for the async face at its first request, on the loop that serves it."""
+    section = dict(_mapping(data.get("vllm", {}), source, "vllm"))
+    base_url = section.pop("base_url", None) or os.environ.get("GONKA_VLLM_BASE_URL") or None
+    if base_url is None and "vllm" not in data:
+        return
+    health_url = section.pop("health_url", None) or os.environ.get("GONKA_VLLM_HEALTH_URL")
+    interval = _typed(section.pop("interval", 2.0), float, source, "vllm.interval")
+    if section:
+        raise ConfigError(
+            "unknown key(s) " + ", ".join(sorted(section)),
+            source=source,
+            key="vllm",
+            expected="base_url, health_url, interval",
+        )
+    add = mux.add_vllm_node
+    if getattr(mux, "_portal", None) is not None:
+        add(base_url, health_url=health_url, interval=interval)
+    else:
+        mux._core.startup.append(lambda: add(base_url, health_url=health_url, interval=interval))
+
+
 def apply_feature_sections(mux: Any, data: Mapping[str, Any], source: str) -> None:
     """Turn on the agent features whose sections are present (tiering, webhooks, ...)."""
     if "limits" in data:
@@ -446,6 +469,7 @@ def apply_feature_sections(mux: Any, data: Mapping[str, Any], source: str) -> No
                 expected="path, embedding_model (embeds through the Multiplexer)",
             )
         mux.enable_memory(path, embedder="mux" if model else None, embedding_model=model)
+    _vllm_section(mux, data, source)
     if "tiering" in data:
         from .tiering import TieringPolicy
 

@@ -209,6 +209,7 @@ class _MuxBase:
         self.meter: Any = None
         self.sessions: Any = None
         self._epoch_watchers: list[Any] = []
+        self.vllm_monitors: dict[str, Any] = {}
         self.memory: Any = None
         self._jobs: Any = None
         self._jobs_store: Any = None
@@ -455,6 +456,60 @@ class _MuxBase:
         self._core.closers.append(close_memory)
         return store
 
+    async def _add_vllm_node(
+        self,
+        url: str | None,
+        health_url: str | None,
+        name: str | None,
+        api_key: str | None,
+        interval: float,
+        endpoint_options: dict[str, Any],
+    ) -> Endpoint:
+        import time as _time
+
+        from .vllm_node import VllmNodeMonitor, node_from_env
+
+        if url is None:
+            url, env_health = node_from_env()
+            health_url = health_url or env_health
+        holder: dict[str, Endpoint] = {}
+
+        def on_update(snapshot: Any) -> None:
+            ep = holder.get("ep")
+            if ep is None:
+                return
+            ep.external_load = snapshot.queue_depth
+            if not snapshot.ready:  # starting, draining or down: out of rotation until next poll
+                ep.health.until = max(ep.health.until, _time.monotonic() + interval)
+
+        monitor = VllmNodeMonitor(
+            url, health_url=health_url, interval=interval, on_update=on_update, api_key=api_key
+        )
+        snapshot = await monitor.start()
+        if not snapshot.models:
+            await monitor.aclose()
+            raise ValueError(
+                f"the vLLM node at {url} reported no models ({snapshot.state}"
+                + (f": {snapshot.error}" if snapshot.error else "")
+                + "); check that it is running, or use add_endpoint(..., models=[...])"
+            )
+        base_url = url.rstrip("/")
+        if not base_url.endswith("/v1"):
+            base_url += "/v1"
+        ep = self.add_endpoint(
+            base_url,
+            models=list(snapshot.models),
+            name=name,
+            api_key=api_key,
+            kind="vllm",
+            **endpoint_options,
+        )
+        holder["ep"] = ep
+        on_update(snapshot)
+        self._core.closers.append(monitor.aclose)
+        self.vllm_monitors[ep.name] = monitor
+        return ep
+
     def configure_jobs(
         self, store: Any = None, *, path: str | os.PathLike[str] | None = None, **runner_kwargs: Any
     ) -> None:
@@ -628,6 +683,22 @@ class AsyncMultiplexer(_MuxBase):
         """Start the job runner now (resuming pending jobs and deliveries); returns it."""
         return await self._job_runner()
 
+    async def add_vllm_node(
+        self,
+        url: str | None = None,
+        *,
+        health_url: str | None = None,
+        name: str | None = None,
+        api_key: str | None = None,
+        interval: float = 2.0,
+        **endpoint_options: Any,
+    ) -> Endpoint:
+        """Register a vLLM node: its models are discovered, and its queue depth (from the
+        gonka-serve health sidecar at ``health_url``, else vLLM's /metrics) feeds the router as
+        a load signal every ``interval`` seconds; a node that is not ready is skipped.
+        ``url`` defaults to ``GONKA_VLLM_BASE_URL`` (``http://localhost:8000``)."""
+        return await self._add_vllm_node(url, health_url, name, api_key, interval, endpoint_options)
+
     async def aclose(self) -> None:
         if self._jobs is not None:
             await self._jobs.aclose()
@@ -732,6 +803,21 @@ class Multiplexer(_MuxBase):
 
     def start_jobs(self) -> Any:
         return self._portal.call(self._job_runner())
+
+    def add_vllm_node(
+        self,
+        url: str | None = None,
+        *,
+        health_url: str | None = None,
+        name: str | None = None,
+        api_key: str | None = None,
+        interval: float = 2.0,
+        **endpoint_options: Any,
+    ) -> Endpoint:
+        """Sync twin of :meth:`AsyncMultiplexer.add_vllm_node` (polls on this mux's loop)."""
+        return self._portal.call(
+            self._add_vllm_node(url, health_url, name, api_key, interval, endpoint_options)
+        )
 
     def wait_job(self, job_id: str, timeout: float | None = None) -> Any:
         """Block until the job is finished; returns it."""

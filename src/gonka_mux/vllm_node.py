@@ -20,7 +20,7 @@ import math
 import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 __all__ = [
@@ -99,7 +99,7 @@ class VllmNodeMonitor:
         timeout: float = 3.0,
     ) -> None:
         if interval <= 0:
-            from gonka_mux.errors import ConfigError
+            from gonka_mux._exceptions import ConfigError
 
             raise ConfigError(f"interval must be positive, got {interval}", expected="seconds > 0")
         self.base_url = _server_root(base_url)
@@ -198,8 +198,21 @@ class VllmNodeMonitor:
             else:
                 snapshot = await self._poll_vllm()
         except Exception as exc:  # network errors, bad JSON: the node is "down" for now
-            snapshot = NodeSnapshot(
-                state="down", models=self._snapshot.models, error=f"{type(exc).__name__}: {exc}"
+            snapshot = NodeSnapshot(state="down", error=f"{type(exc).__name__}: {exc}")
+        if snapshot.state == "down":
+            # Keep the last known models and queue: a missed poll is no evidence the queue emptied.
+            last = self._snapshot
+            snapshot = replace(
+                snapshot,
+                models=snapshot.models or last.models,
+                running=last.running if snapshot.running is None else snapshot.running,
+                waiting=last.waiting if snapshot.waiting is None else snapshot.waiting,
+                kv_cache_usage=(
+                    last.kv_cache_usage
+                    if snapshot.kv_cache_usage is None
+                    else snapshot.kv_cache_usage
+                ),
+                error=snapshot.error or "the node did not answer",
             )
         if snapshot.state != self._snapshot.state:
             logger.info(
