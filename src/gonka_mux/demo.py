@@ -12,11 +12,18 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import statistics
+import sys
 import time
 from collections import Counter
 from typing import Any
 
 __all__ = ["run_demo"]
+
+
+def _say(text: str = "") -> None:
+    """The demo's report goes to stdout (it is the main job's output, not a log)."""
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -49,9 +56,9 @@ async def _fleet_demo(requests: int, concurrency: int, seed: int) -> bool:
         ),
         FakeBackendSpec(name="limited", faults=Faults(latency=0.02, rate_429=0.6, retry_after=1)),
     ]
-    print("Embedded fleet (fake OpenAI-compatible endpoints on 127.0.0.1):")
-    print("  fast-1, fast-2: ~25 ms | slow: ~400 ms | flaky: 30% HTTP 500, 5% hang, 5% drop")
-    print("  limited: 60% HTTP 429 with Retry-After: 1\n")
+    _say("Embedded fleet (fake OpenAI-compatible endpoints on 127.0.0.1):")
+    _say("  fast-1, fast-2: ~25 ms | slow: ~400 ms | flaky: 30% HTTP 500, 5% hang, 5% drop")
+    _say("  limited: 60% HTTP 429 with Retry-After: 1\n")
     with FakeFleet(specs, seed=seed) as fleet:
         mux = AsyncMultiplexer(
             first_byte_timeout=2.0,
@@ -62,7 +69,7 @@ async def _fleet_demo(requests: int, concurrency: int, seed: int) -> bool:
         for spec in specs:
             mux.add_endpoint(fleet[spec.name].url, models=["demo-model"], name=spec.name)
 
-        print("1) A multi-turn conversation")
+        _say("1) A multi-turn conversation")
         messages: list[dict[str, Any]] = [
             {"role": "system", "content": "You are a terse assistant."}
         ]
@@ -75,9 +82,9 @@ async def _fleet_demo(requests: int, concurrency: int, seed: int) -> bool:
             ms = (time.perf_counter() - t0) * 1000
             text = reply.choices[0].message.content or ""
             messages.append({"role": "assistant", "content": text})
-            print(f"   user: {turn:<20} -> {text!r} ({ms:.0f} ms)")
+            _say(f"   user: {turn:<20} -> {text!r} ({ms:.0f} ms)")
 
-        print(f"\n2) A burst of {requests} requests, {concurrency} at a time")
+        _say(f"\n2) A burst of {requests} requests, {concurrency} at a time")
         sem = asyncio.Semaphore(concurrency)
         latencies: list[float] = []
         errors: Counter[str] = Counter()
@@ -104,23 +111,23 @@ async def _fleet_demo(requests: int, concurrency: int, seed: int) -> bool:
             fails = ", ".join(f"{k}={v}" for k, v in sorted(s["failures"].items())) or "-"
             ewma = f"{s['ewma_latency_s'] * 1000:.0f} ms" if s["ewma_latency_s"] else "-"
             rows.append([name, s["successes"], fails, ewma, s["state"]])
-        print(_table(rows, ["endpoint", "served", "failures", "ewma latency", "state"]))
+        _say(_table(rows, ["endpoint", "served", "failures", "ewma latency", "state"]))
         ok = len(latencies)
         attempts = sum(s["requests"] for s in stats.values())
-        print(
+        _say(
             f"\n   success {ok}/{requests} ({100 * ok / requests:.1f}%), "
             f"{requests / wall:.0f} req/s, upstream attempts per request "
             f"{attempts / (requests + 3):.2f}"
         )
         if latencies:
-            print(
+            _say(
                 f"   latency p50 {_pct(latencies, 0.5) * 1000:.0f} ms, "
                 f"p95 {_pct(latencies, 0.95) * 1000:.0f} ms, "
                 f"p99 {_pct(latencies, 0.99) * 1000:.0f} ms, "
                 f"mean {statistics.mean(latencies) * 1000:.0f} ms"
             )
         if errors:
-            print(f"   errors: {dict(errors)}")
+            _say(f"   errors: {dict(errors)}")
         await mux.aclose()
         return ok == requests
 
@@ -135,6 +142,6 @@ def run_demo(requests: int = 200, concurrency: int = 16, seed: int = 7) -> int:
     """Run the demo; returns a process exit code (0 when every request succeeded)."""
     ok = asyncio.run(_fleet_demo(requests, concurrency, seed))
     if importlib.util.find_spec("gonka_mux.gonka.demo") is not None:
-        print("\n3) The Gonka network (a fake one on loopback)")
+        _say("\n3) The Gonka network (a fake one on loopback)")
         ok = asyncio.run(_gonka_demo()) and ok
     return 0 if ok else 1
