@@ -389,3 +389,23 @@ def test_a_hanging_executor_times_the_client_out(net, signer) -> None:
     assert "no response" in participant.requests[0].error
     participant.set_faults(rate_hang=0.0)
     assert send(participant, signer).status_code == 200
+
+
+def test_fallback_verifier_without_cryptography(monkeypatch) -> None:
+    """A plain install (no cryptography) runs the demo on python-ecdsa: same verdicts."""
+    import hashlib
+
+    from gonka_mux.gonka.signing import RequestSigner, signing_message
+    from gonka_mux.testing import fake_gonka
+
+    signer = RequestSigner("0x" + "11" * 32, backend="ecdsa")
+    message = signing_message(b'{"model":"m"}', 1_700_000_000_000_000_000, "gonka1ta")
+    auth = signer.sign(b'{"model":"m"}', 1_700_000_000_000_000_000, "gonka1ta")
+    with_crypto = fake_gonka.verify_signature(signer.public_key, auth, message)
+    monkeypatch.setattr(fake_gonka, "_have_cryptography", lambda: False)
+    assert with_crypto is True
+    assert fake_gonka.verify_signature(signer.public_key, auth, message) is True
+    assert fake_gonka.verify_signature(signer.public_key, auth, message + b"x") is False
+    sign, public, address = fake_gonka._fake_key("p0")
+    assert address.startswith("gonka1") and len(public) == 33
+    assert sign(hashlib.sha256(b"x").digest())

@@ -79,7 +79,9 @@ path, headers, body, the status answered and the error message). A Bearer-key *b
 (OpenAI-compatible, ``Authorization: Bearer <key>``) is started by
 :meth:`~FakeGonkaNetwork.start_broker`.
 
-Needs the ``cryptography`` package (in the ``test`` extra) to verify signatures.
+Signatures are verified with the ``cryptography`` package (in the ``test`` extra), independently
+of gonka_mux's signers. Without it (a plain ``pip install gonka-mux`` running ``gonka-mux demo``)
+the fake falls back to python-ecdsa, which is then only independent of the coincurve signer.
 """
 
 from __future__ import annotations
@@ -91,7 +93,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -255,16 +257,18 @@ def _signed_message(body: bytes, timestamp: int, transfer_address: str) -> bytes
     return (text + transfer_address).encode()
 
 
+def _have_cryptography() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("cryptography") is not None
+
+
 def verify_signature(public_key: bytes, authorization: str, message: bytes) -> bool:
     """Cosmos secp256k1 ``VerifySignature``: 64-byte r||s, low-S only, ECDSA over sha256(msg).
 
-    Uses the ``cryptography`` package, not gonka_mux's signer, so the two check each other.
+    Uses the ``cryptography`` package, not gonka_mux's signer, so the two check each other
+    (python-ecdsa when cryptography is not installed).
     """
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives import hashes
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
-
     try:
         raw = base64.b64decode(authorization, validate=True)
     except ValueError:
@@ -274,6 +278,22 @@ def verify_signature(public_key: bytes, authorization: str, message: bytes) -> b
     r, s = int.from_bytes(raw[:32], "big"), int.from_bytes(raw[32:], "big")
     if not (0 < r < SECP256K1_ORDER and 0 < s <= SECP256K1_ORDER // 2):
         return False
+    if not _have_cryptography():
+        import ecdsa
+        from ecdsa.util import sigdecode_string
+
+        try:
+            vk = ecdsa.VerifyingKey.from_string(public_key, curve=ecdsa.SECP256k1)
+            return bool(
+                vk.verify(raw, message, hashfunc=hashlib.sha256, sigdecode=sigdecode_string)
+            )
+        except (ecdsa.BadSignatureError, ValueError, ecdsa.MalformedPointError):
+            return False
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
+
     try:
         key = ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256K1(), public_key)
         key.verify(encode_dss_signature(r, s), message, ec.ECDSA(hashes.SHA256()))
@@ -282,17 +302,34 @@ def verify_signature(public_key: bytes, authorization: str, message: bytes) -> b
     return True
 
 
-def _fake_key(label: str) -> tuple[Any, bytes, str]:
-    """A deterministic secp256k1 key (``cryptography``), its compressed public key, address."""
-    from cryptography.hazmat.primitives import serialization
+def _fake_key(label: str) -> tuple[Callable[[bytes], bytes], bytes, str]:
+    """A deterministic secp256k1 key: a DER signer over sha256, the compressed public key and
+    the address."""
+    secret = int.from_bytes(hashlib.sha256(label.encode()).digest(), "big") % SECP256K1_ORDER
+    secret = secret or 1
+    if not _have_cryptography():
+        import ecdsa
+        from ecdsa.util import sigencode_der
+
+        sk = ecdsa.SigningKey.from_secret_exponent(secret, curve=ecdsa.SECP256k1)
+        public = sk.get_verifying_key().to_string("compressed")
+
+        def sign_ecdsa(data: bytes) -> bytes:
+            return sk.sign_deterministic(data, hashfunc=hashlib.sha256, sigencode=sigencode_der)
+
+        return sign_ecdsa, public, address_from_public_key(public)
+    from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
-    secret = int.from_bytes(hashlib.sha256(label.encode()).digest(), "big") % SECP256K1_ORDER
-    key = ec.derive_private_key(secret or 1, ec.SECP256K1())
+    key = ec.derive_private_key(secret, ec.SECP256K1())
     public = key.public_key().public_bytes(
         serialization.Encoding.X962, serialization.PublicFormat.CompressedPoint
     )
-    return key, public, address_from_public_key(public)
+
+    def sign(data: bytes) -> bytes:
+        return key.sign(data, ec.ECDSA(hashes.SHA256()))
+
+    return sign, public, address_from_public_key(public)
 
 
 def _rfc3339(ns: int) -> str:
@@ -1258,15 +1295,12 @@ class FakeGonkaNetwork:
         }
 
     def _identity(self, node: FakeParticipant) -> dict[str, Any]:
-        from cryptography.hazmat.primitives import hashes
-        from cryptography.hazmat.primitives.asymmetric import ec
-
         data = {
             "address": node.address,
             "block": self.block_height,
             "timestamp": _rfc3339(time.time_ns()).split(".")[0] + "Z",
         }
-        signature = node._key.sign(json.dumps(data).encode(), ec.ECDSA(hashes.SHA256()))
+        signature = node._key(json.dumps(data).encode())
         return {"data": data, "signature": base64.b64encode(signature).decode()}
 
     def _params_document(self) -> dict[str, Any]:
