@@ -828,7 +828,8 @@ class Multiplexer(_MuxBase):
         return await runner.wait(job_id, timeout)
 
     def close(self) -> None:
-        if self._portal._loop is not None:
+        """Close clients, flush metering, stop background work (refresh, monitors, jobs)."""
+        if self._portal._loop is not None or self._core.closers or self._jobs is not None:
             self._portal.call(self._aclose_all())
         self._portal.close()
 

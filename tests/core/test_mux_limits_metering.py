@@ -140,3 +140,15 @@ def test_limits_and_metering_from_config_sync(fleet, tmp_path):
     store = SqliteUsageStore(tmp_path / "usage.db", readonly=True)
     q = UsageQuery(store).totals()
     assert q.requests == 2  # the refused request is metered as an error
+
+
+def test_sync_close_flushes_a_meter_that_never_served(tmp_path):
+    from gonka_mux.metering import SqliteUsageStore
+
+    mux = Multiplexer()
+    meter = mux.enable_metering(path=tmp_path / "u.db")
+    from gonka_mux.metering import UsageRecord
+
+    meter.record(UsageRecord(model="m", prompt_tokens=3))
+    mux.close()  # no request ever started the loop: closing still runs the closers
+    assert len(SqliteUsageStore(tmp_path / "u.db", readonly=True).select()) == 1
