@@ -377,6 +377,17 @@ def build_from_config(cls: type[T], source: str | os.PathLike[str] | Mapping[str
     return mux
 
 
+def _reject_leftover(section: Mapping[str, Any], source: str, key: str, expected: str) -> None:
+    """Keys a section still holds after its known ones were popped are typos: refuse them."""
+    if section:
+        raise ConfigError(
+            "unknown key(s) " + ", ".join(sorted(section)),
+            source=source,
+            key=key,
+            expected=expected,
+        )
+
+
 def _vllm_section(mux: Any, data: Mapping[str, Any], source: str) -> None:
     """``[vllm]`` (base_url, health_url, interval) or ``GONKA_VLLM_BASE_URL`` registers a vLLM
     node; for the async face at its first request, on the loop that serves it."""
@@ -386,13 +397,7 @@ def _vllm_section(mux: Any, data: Mapping[str, Any], source: str) -> None:
         return
     health_url = section.pop("health_url", None) or os.environ.get("GONKA_VLLM_HEALTH_URL")
     interval = _typed(section.pop("interval", 2.0), float, source, "vllm.interval")
-    if section:
-        raise ConfigError(
-            "unknown key(s) " + ", ".join(sorted(section)),
-            source=source,
-            key="vllm",
-            expected="base_url, health_url, interval",
-        )
+    _reject_leftover(section, source, "vllm", "base_url, health_url, interval")
     add = mux.add_vllm_node
     if getattr(mux, "_portal", None) is not None:
         add(base_url, health_url=health_url, interval=interval)
@@ -427,13 +432,7 @@ def apply_feature_sections(mux: Any, data: Mapping[str, Any], source: str) -> No
                     key="metering.store",
                     expected="'sqlite' or 'memory'",
                 )
-            if section:
-                raise ConfigError(
-                    "unknown key(s) " + ", ".join(sorted(section)),
-                    source=source,
-                    key="metering",
-                    expected="enabled, store, path",
-                )
+            _reject_leftover(section, source, "metering", "enabled, store, path")
             prices = data.get("prices")
             mux.enable_metering("memory" if store == "memory" else None, path=path, prices=prices)
     if "sessions" in data:
@@ -446,13 +445,12 @@ def apply_feature_sections(mux: Any, data: Mapping[str, Any], source: str) -> No
             store = DiskSessionStore(path)
         ttl = section.pop("ttl", None)
         windows = section.pop("context_windows", None)
-        if section:
-            raise ConfigError(
-                "unknown key(s) " + ", ".join(sorted(section)),
-                source=source,
-                key="sessions",
-                expected="store ('memory', 'disk' or a redis:// URL), path, ttl, context_windows",
-            )
+        _reject_leftover(
+            section,
+            source,
+            "sessions",
+            "store ('memory', 'disk' or a redis:// URL), path, ttl, context_windows",
+        )
         try:
             mux.enable_sessions(store, ttl=ttl, context_windows=windows)
         except ValueError as exc:
@@ -461,13 +459,9 @@ def apply_feature_sections(mux: Any, data: Mapping[str, Any], source: str) -> No
         section = dict(_mapping(data["memory"], source, "memory"))
         path = section.pop("path", None)
         model = section.pop("embedding_model", None)
-        if section:
-            raise ConfigError(
-                "unknown key(s) " + ", ".join(sorted(section)),
-                source=source,
-                key="memory",
-                expected="path, embedding_model (embeds through the Multiplexer)",
-            )
+        _reject_leftover(
+            section, source, "memory", "path, embedding_model (embeds through the Multiplexer)"
+        )
         mux.enable_memory(path, embedder="mux" if model else None, embedding_model=model)
     _vllm_section(mux, data, source)
     if "tiering" in data:

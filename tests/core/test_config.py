@@ -120,6 +120,9 @@ def test_sync_from_dict():
             "SURELY_UNSET_VAR_123",
         ),
         ({"nonsense": {}}, "nonsense", "unknown section"),
+        ({"sessions": {"store": "memory", "colour": 1}}, "sessions", "colour"),
+        ({"memory": {"size": 1}}, "memory", "embedding_model"),
+        ({"metering": {"store": "memory", "flush": 1}}, "metering", "flush"),
     ],
 )
 def test_bad_config_names_the_key(data, key, expected):
