@@ -1,42 +1,64 @@
-"""The async core shared by AsyncMultiplexer and Multiplexer: pools, selection, failover, hedging.
+"""The request pipeline shared by AsyncMultiplexer and Multiplexer.
 
 One request goes through ``MuxCore.execute``:
 
-1. resolve the model (aliases) to a pool; run the ``before`` hooks of the extensions (sessions,
-   tiering, limits), which may rewrite the parameters;
-2. pick an endpoint with the strategy (primary tier first, fallback tier only when no primary
-   endpoint is selectable), send, and on a retryable failure move to another endpoint, bounded by
-   ``max_attempts``, the retry budget and the caller's deadline; with hedging on, a second
-   endpoint is asked when the first byte is late and the first answer wins;
-3. for streams, the first chunk is awaited inside the attempt, so failover happens only before
-   the caller has seen any output; later failures raise ``StreamInterrupted`` with the partial
-   output;
-4. run the ``after`` hooks (metering, session append, limit settlement) once per request.
+1. check the caller's parameters (``_validate``): what no endpoint could serve is the caller's
+   fault and is refused before any endpoint is touched;
+2. run the ``before`` hooks of the extensions (sessions, tiering, limits), which may rewrite
+   the parameters, and resolve the model (aliases) to a pool of the registry (``_registry``);
+3. route: pick an endpoint with the strategy (primary tier first, fallback tier only when no
+   primary endpoint is selectable), send, and on a failed attempt decide by whose fault it is
+   (``routing.outcome.Fault``): the caller's -> raise; the endpoint's credentials -> quarantine
+   it and fail over; transient -> health and failover; gone -> out of rotation and failover.
+   Failover stops on the ``stop`` condition (attempts, retry budget); the caller's deadline
+   bounds everything, the reply body included. With hedging (on by default when the pool has
+   spare endpoints), a second endpoint is asked when the first byte is late and the first
+   answer wins;
+4. for streams, the first chunk is awaited inside the attempt, so failover happens only before
+   the caller has seen any output; later failures, and a stream that ends without its final
+   chunk, raise ``StreamInterrupted`` with the partial output;
+5. run the ``after`` hooks (metering, session append, limit settlement) once per request.
+
+The state of one request's routing is one value, :class:`RouteState` (tenacity's
+RetryCallState plays the same part), which stop conditions and strategies read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
+import math
+import sys
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from ._registry import DEFAULT_POOL, EndpointRegistry, Pool
+from ._validate import check_call
 from .endpoint import Endpoint
 from .routing.budget import RetryBudget
 from .routing.health import HealthPolicy
-from .routing.hedging import HedgePolicy, LatencyWindow
-from .routing.outcome import ErrorPolicy, Failure
+from .routing.hedging import HedgePolicy
+from .routing.outcome import ErrorPolicy, Failure, Fault
+from .routing.stop import StopAfterAttempt, StopCondition, StopWhenBudgetSpent
 from .routing.strategies import Strategy, strategy_from_name
+from .routing.timeouts import AdaptiveTimeout
 
 log = logging.getLogger("gonka_mux.core")
 
-__all__ = ["CallOptions", "Extension", "MuxCore", "RequestContext", "RoutingSettings"]
+__all__ = [
+    "CallOptions",
+    "Extension",
+    "MuxCore",
+    "RequestContext",
+    "RouteState",
+    "RoutingSettings",
+]
 
-DEFAULT_POOL = "*"
 _default_error_policy = ErrorPolicy()
 
 # Keyword arguments of create() that belong to gonka_mux, not to the OpenAI request body.
@@ -47,11 +69,25 @@ MUX_KWARGS = frozenset(
 OPTION_KWARGS = frozenset({"extra_headers", "extra_query", "extra_body", "timeout"})
 
 
+# Hedging at defaults: never before 250 ms, so a burst that only queues on a fast fleet does not
+# double its own load; a hanging endpoint is hedged at max(250 ms, the pool's p95).
+DEFAULT_HEDGING = HedgePolicy(min_delay=0.25)
+
+
 @dataclass
 class RoutingSettings:
-    """Routing and retry settings (see docs/configuration.md)."""
+    """Routing and retry settings (see docs/configuration.md and docs/routing.md).
 
-    strategy: str = "p2c"
+    Policies are values: ``strategy`` takes a name (``"p2c"``, ``"weighted_random"``,
+    ``"round_robin"``) or a strategy instance; ``stop`` a stop condition (default: at most
+    ``max_attempts`` attempts while the retry budget lasts); ``retry_budget`` a
+    :class:`RetryBudget` (default: built from the ``retry_budget_*`` numbers). ``hedging`` is
+    on by default (it only acts when a pool has a spare endpoint); ``hedging=None`` turns it
+    off. ``adaptive_timeout`` shortens the per-attempt first-byte timeout to what the pool's
+    own latency says is abnormal; ``first_byte_timeout`` stays the cap.
+    """
+
+    strategy: str | Strategy = "p2c"
     first_byte_timeout: float = 60.0
     connect_timeout: float = 10.0
     deadline: float | None = 600.0
@@ -63,20 +99,57 @@ class RoutingSettings:
     retry_budget_min_per_second: float = 10.0
     retry_budget_ttl: float = 10.0
     health: HealthPolicy = field(default_factory=HealthPolicy)
-    hedging: HedgePolicy | None = None
+    hedging: HedgePolicy | None = field(default_factory=lambda: DEFAULT_HEDGING)
+    adaptive_timeout: AdaptiveTimeout | None = field(default_factory=AdaptiveTimeout)
     context_fallbacks: dict[str, str] = field(default_factory=dict)
     seed: int | None = None
+    stop: StopCondition | None = None
+    retry_budget: RetryBudget | None = None
 
     def __post_init__(self) -> None:
-        if self.first_byte_timeout <= 0:
-            raise ValueError("first_byte_timeout must be > 0 seconds")
-        if self.connect_timeout <= 0:
-            raise ValueError("connect_timeout must be > 0 seconds")
-        if self.deadline is not None and self.deadline <= 0:
-            raise ValueError("deadline must be > 0 seconds or None")
+        for name in ("first_byte_timeout", "connect_timeout"):
+            value = getattr(self, name)
+            if not _finite_positive(value):
+                raise ValueError(f"{name} must be a finite number > 0 seconds, not {value!r}")
+        if self.deadline is not None and not _finite_positive(self.deadline):
+            raise ValueError(f"deadline must be a finite number > 0 seconds or None, not "
+                             f"{self.deadline!r}")
+        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
+            raise ValueError("max_attempts must be an integer >= 1")
         if self.max_attempts < 1:
             raise ValueError("max_attempts must be >= 1")
-        strategy_from_name(self.strategy)  # fail early on an unknown name
+        if isinstance(self.strategy, str):
+            strategy_from_name(self.strategy)  # fail early on an unknown name
+        elif not callable(getattr(self.strategy, "select", None)):
+            raise ValueError("strategy must be a name or an object with a select() method")
+
+    def build_strategy(self) -> Strategy:
+        if isinstance(self.strategy, str):
+            return strategy_from_name(self.strategy, self.seed)
+        return self.strategy
+
+    def build_budget(self) -> RetryBudget:
+        if self.retry_budget is not None:
+            return dataclasses.replace(self.retry_budget)  # a fresh bucket, same numbers
+        return RetryBudget(
+            ratio=self.retry_budget_ratio,
+            min_per_second=self.retry_budget_min_per_second,
+            ttl=self.retry_budget_ttl,
+        )
+
+    def build_stop(self) -> StopCondition:
+        if self.stop is not None:
+            return self.stop
+        return StopAfterAttempt(self.max_attempts) | StopWhenBudgetSpent()
+
+
+def _finite_positive(value: Any) -> bool:
+    return (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
 
 
 @dataclass
@@ -98,6 +171,7 @@ class RequestContext:
     __slots__ = (
         "attempts",
         "caller",
+        "deadline_at",
         "endpoint",
         "error",
         "extras",
@@ -128,6 +202,7 @@ class RequestContext:
         self.model = self.requested_model
         self.caller = options.caller
         self.t_start = time.monotonic()
+        self.deadline_at = math.inf
         self.t_first_byte: float | None = None
         self.attempts: list[Any] = []
         self.endpoint: Endpoint | None = None
@@ -168,20 +243,62 @@ COMPLETIONS = RequestKind("completions", "/completions")
 EMBEDDINGS = RequestKind("embeddings", "/embeddings")
 
 
-class Pool:
-    """The endpoints serving one public model name, split by tier. Replaced, never mutated."""
+class RouteState:
+    """The routing state of one request: what stop conditions and the attempts read."""
 
-    __slots__ = ("fallback", "latency", "model", "primary", "waiters")
+    __slots__ = (
+        "attempt_number",
+        "budget",
+        "ctx",
+        "deadline",
+        "gated",
+        "hedge",
+        "kind",
+        "last_bodies",
+        "last_failure",
+        "now",
+        "payload",
+        "payload_params",
+        "pool",
+        "request_options",
+        "tried",
+        "user_timeout",
+    )
 
-    def __init__(self, model: str) -> None:
-        self.model = model
-        self.primary: tuple[Endpoint, ...] = ()
-        self.fallback: tuple[Endpoint, ...] = ()
-        self.latency = LatencyWindow()
-        self.waiters: list[asyncio.Future[None]] = []
+    def __init__(
+        self,
+        kind: RequestKind,
+        ctx: RequestContext,
+        pool: Pool,
+        request_options: Mapping[str, Any],
+        budget: RetryBudget,
+        payload: bytes | None,
+    ) -> None:
+        self.kind = kind
+        self.ctx = ctx
+        self.pool = pool
+        self.user_timeout = request_options.get("timeout")
+        # what openai's make_request_options gets (timeout is set per attempt)
+        self.request_options = {k: v for k, v in request_options.items() if k != "timeout"}
+        self.budget = budget
+        self.payload = payload
+        self.payload_params = ctx.params  # the payload is valid while params are these
+        self.deadline: float | None = None
+        self.hedge: HedgePolicy | None = None
+        self.tried: set[Endpoint] = set()
+        self.attempt_number = 0
+        self.gated: dict[Endpoint, float] = {}  # endpoints skipped for their rate limit
+        self.last_bodies: list[str] = []
+        self.last_failure: Failure | None = None
+        self.now = time.monotonic()
 
-    def all(self) -> tuple[Endpoint, ...]:
-        return self.primary + self.fallback
+    @property
+    def deadline_at(self) -> float:
+        return self.ctx.deadline_at
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.ctx.t_start
 
 
 class _Success:
@@ -194,21 +311,43 @@ class _Success:
         self.ttfb = ttfb
 
 
+if sys.version_info >= (3, 11):
+    _timeout_at = asyncio.timeout_at
+else:  # pragma: no cover - Python 3.10
+
+    @contextlib.asynccontextmanager
+    async def _timeout_at(when: float) -> Any:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        fired = False
+
+        def fire() -> None:
+            nonlocal fired
+            fired = True
+            task.cancel()
+
+        handle = loop.call_at(when, fire)
+        try:
+            yield
+        except asyncio.CancelledError:
+            if fired:
+                raise TimeoutError from None
+            raise
+        finally:
+            handle.cancel()
+
+
 class MuxCore:
     """Async routing core; both Multiplexer faces delegate here."""
 
     def __init__(self, settings: RoutingSettings | None = None) -> None:
         self.settings = settings or RoutingSettings()
         s = self.settings
-        self.strategy: Strategy = strategy_from_name(s.strategy, s.seed)
-        self.budget = RetryBudget(
-            ratio=s.retry_budget_ratio,
-            min_per_second=s.retry_budget_min_per_second,
-            ttl=s.retry_budget_ttl,
-        )
-        self.endpoints: dict[str, Endpoint] = {}
-        self.aliases: dict[str, str] = {}
-        self.pools: dict[str, Pool] = {}
+        self.strategy: Strategy = s.build_strategy()
+        self.budget = s.build_budget()
+        self.stop: StopCondition = s.build_stop()
+        self.registry = EndpointRegistry(s.health)
         self.extensions: list[Extension] = []
         self.on_failure_hooks: list[Callable[[Endpoint, Failure], None]] = []
         # async callables run by aclose(), first registered last (refresh managers, monitors)
@@ -225,140 +364,42 @@ class MuxCore:
         self._types: Any = None
         self._timeouts: dict[tuple[float, float], Any] = {}
 
-    # -- endpoint registry ----------------------------------------------------------------
+    # -- the registry, as the rest of the package has always read it ----------------------
+    @property
+    def endpoints(self) -> dict[str, Endpoint]:
+        return self.registry.endpoints
+
+    @property
+    def pools(self) -> dict[str, Pool]:
+        return self.registry.pools
+
+    @property
+    def aliases(self) -> dict[str, str]:
+        return self.registry.aliases
+
     def add(self, endpoint: Endpoint, *, default_pool: bool = False) -> Endpoint:
-        if endpoint.name in self.endpoints and self.endpoints[endpoint.name] is not endpoint:
-            raise ValueError(
-                f"an endpoint named {endpoint.name!r} already exists; pass a different name= "
-                "or remove the old one first"
-            )
-        if endpoint.error_policy is None:
-            endpoint.error_policy = _default_error_policy
-        if endpoint.health.policy is not self.settings.health and endpoint.health.policy == (
-            HealthPolicy()
-        ):
-            endpoint.health.policy = self.settings.health
-        endpoint.removed = False
-        if default_pool:
-            endpoint.models.setdefault(DEFAULT_POOL, next(iter(endpoint.models.values())))
-        endpoint.on_release = self._on_release
-        self.endpoints[endpoint.name] = endpoint
-        self._rebuild()
-        return endpoint
+        return self.registry.add(endpoint, default_pool=default_pool)
 
     def remove(self, name_or_endpoint: str | Endpoint) -> Endpoint:
-        name = name_or_endpoint if isinstance(name_or_endpoint, str) else name_or_endpoint.name
-        try:
-            ep = self.endpoints.pop(name)
-        except KeyError:
-            raise KeyError(f"no endpoint named {name!r}") from None
-        ep.removed = True  # requests in flight on it finish; no new ones are sent
-        self._rebuild()
-        return ep
+        return self.registry.remove(name_or_endpoint)
 
-    def replace_group(self, group: str, endpoints: Iterable[Endpoint]) -> list[Endpoint]:
-        """Atomically swap every endpoint of ``group`` for ``endpoints``.
-
-        Requests in flight finish on the old endpoints; new requests see only the new set.
-        Returns the removed endpoints.
-        """
-        new = list(endpoints)
-        names = {ep.name for ep in new}
-        if len(names) != len(new):
-            raise ValueError("replace_group: endpoint names must be unique")
-        removed = [ep for ep in self.endpoints.values() if ep.group == group]
-        for ep in removed:
-            del self.endpoints[ep.name]
-        for ep in new:
-            clash = self.endpoints.get(ep.name)
-            if clash is not None:
-                raise ValueError(f"an endpoint named {ep.name!r} already exists outside {group!r}")
-            ep.group = group
-            if ep.error_policy is None:
-                ep.error_policy = _default_error_policy
-            ep.on_release = self._on_release
-            ep.removed = False
-            self.endpoints[ep.name] = ep
-        kept = {id(ep) for ep in new}
-        for ep in removed:
-            if id(ep) not in kept:
-                ep.removed = True
-        self._rebuild()
-        return [ep for ep in removed if id(ep) not in kept]
-
-    def _rebuild(self) -> None:
-        primary: dict[str, list[Endpoint]] = {}
-        fallback: dict[str, list[Endpoint]] = {}
-        for ep in self.endpoints.values():
-            target = primary if ep.tier == "primary" else fallback
-            for public in ep.models:
-                target.setdefault(public, []).append(ep)
-        pools: dict[str, Pool] = {}
-        for model in primary.keys() | fallback.keys():
-            pool = self.pools.get(model) or Pool(model)
-            pool.primary = tuple(primary.get(model, ()))
-            pool.fallback = tuple(fallback.get(model, ()))
-            pools[model] = pool
-        self.pools = pools  # one assignment: readers see the old or the new mapping
+    def replace_group(self, group: str, endpoints: Any) -> list[Endpoint]:
+        return self.registry.replace_group(group, endpoints)
 
     def resolve(self, model: str | None) -> Pool:
-        if model is not None:
-            pool = self.pools.get(model)
-            if pool is not None:
-                return pool
-            target = self.aliases.get(model)
-            if target is not None and target in self.pools:
-                return self.pools[target]
-        pool = self.pools.get(DEFAULT_POOL)
-        if pool is not None:
-            return pool
-        from .errors import ModelNotFound
-
-        known = [m for m in self.pools if m != DEFAULT_POOL] + list(self.aliases)
-        if model is None:
-            raise TypeError("create() needs a model= argument (or register add_model endpoints)")
-        raise ModelNotFound(model, known)
+        return self.registry.resolve(model)
 
     def models(self) -> list[str]:
-        return sorted(m for m in self.pools if m != DEFAULT_POOL)
+        return self.registry.models()
 
-    # -- selection ------------------------------------------------------------------------
     def select(self, pool: Pool, tried: set[Endpoint], now: float) -> Endpoint | None:
-        cost = self.settings.default_latency
-        if pool.primary:
-            ep = self.strategy.select(pool.primary, now, tried, cost)
-            if ep is not None:
-                return ep
-        if pool.fallback:
-            return self.strategy.select(pool.fallback, now, tried, cost)
-        return None
-
-    def _on_release(self, ep: Endpoint) -> None:
-        # Wake one request waiting for a slot in a pool this endpoint serves.
-        for public in ep.models:
-            pool = self.pools.get(public)
-            if pool is None:
-                continue
-            while pool.waiters:
-                fut = pool.waiters.pop(0)
-                if not fut.done():
-                    fut.set_result(None)
-                    return
-
-    def _next_available(self, pool: Pool, tried: set[Endpoint], now: float) -> float | None:
-        """When some untried endpoint of the pool becomes selectable (None: only a free slot)."""
-        best: float | None = None
-        for ep in pool.all():
-            if ep.removed or ep in tried:
-                continue
-            at = ep.health.available_at(now)
-            if best is None or at < best:
-                best = at
-        return best
+        return self.registry.select(
+            self.strategy, pool, tried, now, self.settings.default_latency
+        )
 
     # -- request execution ----------------------------------------------------------------
-    def _timeout(self, ttfb: float, connect: float) -> Any:
-        key = (round(ttfb, 3), round(connect, 3))
+    def _timeout(self, read: float, connect: float) -> Any:
+        key = (round(read, 3), round(connect, 3))
         t = self._timeouts.get(key)
         if t is None:
             from .errors import _http
@@ -383,9 +424,18 @@ class MuxCore:
         *,
         stream: bool,
     ) -> Any:
+        extra_body = request_options.get("extra_body")
+        if extra_body:
+            # merged here, as openai merges it, so the body is checked and sent as one
+            params = {**params, **extra_body}
+            request_options = {k: v for k, v in request_options.items() if k != "extra_body"}
+        payload = check_call(kind.name, params, request_options, options)
         if self.startup:
             await self.run_startup()
         ctx = RequestContext(kind.name, params, options, stream)
+        deadline = options.deadline if options.deadline is not None else self.settings.deadline
+        if deadline:
+            ctx.deadline_at = ctx.t_start + deadline
         exts = self.extensions
         try:
             for ext in exts:
@@ -398,7 +448,19 @@ class MuxCore:
                         "stream_options": {**(so or {}), "include_usage": True},
                     }
                     ctx.extras["hide_usage_chunk"] = True
-            result = await self._route(kind, ctx, request_options)
+            state = RouteState(
+                kind, ctx, self.resolve(ctx.model), request_options, self.budget, payload
+            )
+            state.payload_params = params
+            state.deadline = deadline
+            if ctx.deadline_at == math.inf:
+                result = await self._route(state)
+            else:
+                try:
+                    async with _timeout_at(ctx.deadline_at):
+                        result = await self._route(state)
+                except TimeoutError:
+                    self._raise_deadline(ctx, deadline)
         except BaseException as exc:
             ctx.status = "cancelled" if isinstance(exc, asyncio.CancelledError) else "error"
             ctx.error = exc
@@ -432,105 +494,116 @@ class MuxCore:
             except Exception:  # an after-hook must never turn a served request into an error
                 log.exception("extension %r failed after request %s", ext, ctx.request_id)
 
-    async def _route(
-        self, kind: RequestKind, ctx: RequestContext, request_options: Mapping[str, Any]
-    ) -> Any:
+    def _hedge_policy(self, state: RouteState) -> HedgePolicy | None:
+        choice = state.ctx.options.hedge
+        if choice is False:
+            return None
+        if choice is True:
+            return self.settings.hedging or HedgePolicy()
+        if choice is not None:
+            return HedgePolicy(delay=float(choice))
+        hedge = self.settings.hedging
+        if hedge is None:
+            return None
+        pool = state.pool
+        # by default only where a spare endpoint exists: a one-endpoint pool has nobody to ask
+        if len(pool.primary) + len(pool.fallback) < 2:
+            return None
+        return hedge
+
+    async def _route(self, state: RouteState) -> Any:
         s = self.settings
-        now = time.monotonic()
-        deadline = ctx.options.deadline if ctx.options.deadline is not None else s.deadline
-        deadline_at = now + deadline if deadline else float("inf")
-        self.budget.deposit(now)
-        pool = self.resolve(ctx.model)
+        ctx = state.ctx
+        self.budget.deposit(state.now)
+        pool = state.pool
         if pool.model != DEFAULT_POOL:
             ctx.model = pool.model  # an alias resolves to its target's upstream names
-        tried: set[Endpoint] = set()
-        user_timeout = request_options.get("timeout")
-        hedge = s.hedging
-        if ctx.options.hedge is False:
-            hedge = None
-        elif isinstance(ctx.options.hedge, (int, float)) and ctx.options.hedge is not True:
-            hedge = HedgePolicy(delay=float(ctx.options.hedge))
-        elif ctx.options.hedge is True and hedge is None:
-            hedge = HedgePolicy()
         if ctx.options.route_to is not None:
             ep = self.endpoints.get(ctx.options.route_to)
             if ep is None:
-                raise KeyError(f"no endpoint named {ctx.options.route_to!r}")
+                from .errors import InvalidRequestError
+
+                raise InvalidRequestError(
+                    f"route_to={ctx.options.route_to!r} names no endpoint", param="route_to"
+                )
             pool = Pool(pool.model)
             pool.primary = (ep,)
-        last_bodies: list[str] = []
-        attempt_no = 0
-        gated: dict[Endpoint, float] = {}  # endpoints skipped for their rate limit -> retry at
+            state.pool = pool
+        state.hedge = self._hedge_policy(state)
+        tried = state.tried
+        gated = state.gated
         while True:
-            now = time.monotonic()
-            if now >= deadline_at:
-                self._raise_deadline(ctx, deadline)
-            ep = self.select(pool, tried, now)
+            now = state.now = time.monotonic()
+            if now >= ctx.deadline_at:
+                self._raise_deadline(ctx, state.deadline)
+            ep = self.select(state.pool, tried, now)
             if ep is None:
                 if gated:
                     # Every other endpoint was tried or is limited: wait for the first limit
                     # to free up (within the deadline and wait_for_capacity), then retry them.
                     back_at = min(gated.values())
-                    limit = min(deadline_at, now + s.wait_for_capacity)
+                    limit = min(ctx.deadline_at, now + s.wait_for_capacity)
                     if back_at < limit:
                         await asyncio.sleep(max(0.0, back_at - now))
                         tried.difference_update(gated)
                         gated.clear()
                         continue
-                waited = await self._wait_for_capacity(pool, tried, now, deadline_at)
+                waited = await self._wait_for_capacity(state.pool, tried, now, ctx.deadline_at)
                 if waited:
                     continue
-                self._raise_exhausted(ctx, pool, tried)
+                self._raise_exhausted(state)
             if self.endpoint_gate is not None:
                 ticket = await self.endpoint_gate(ep, ctx)
                 if not ticket:
                     tried.add(ep)
                     gated[ep] = now + float(getattr(ticket, "retry_after", 1.0) or 0.0)
                     continue
-            if attempt_no > 0:
-                if attempt_no >= s.max_attempts or not self.budget.try_withdraw(now):
-                    self._raise_exhausted(ctx, pool, tried, budget=True)
+            if state.attempt_number > 0:
+                reason = self.stop(state)
+                if reason:
+                    self._raise_exhausted(state, reason)
                 ctx.failed_over = True
-            attempt_no += 1
-            if hedge is not None:
-                outcome = await self._hedged(
-                    kind, ctx, pool, ep, tried, request_options, user_timeout, deadline_at, hedge
-                )
+            state.attempt_number += 1
+            if state.hedge is not None:
+                outcome = await self._hedged(state, ep)
             else:
                 tried.add(ep)
-                outcome = await self._attempt(
-                    kind, ctx, ep, request_options, user_timeout, deadline_at, False
-                )
+                outcome = await self._attempt(state, ep, False)
             if isinstance(outcome, _Success):
                 return outcome if ctx.stream else outcome.result
             failure: Failure = outcome
-            if not failure.retryable:
+            state.last_failure = failure
+            if failure.fault is Fault.CALLER or not failure.retryable:
                 if failure.kind == "context_length":
                     target = s.context_fallbacks.get(str(ctx.model))
                     if target and target != ctx.model:
                         log.info("context length exceeded on %s; retrying on %s", ctx.model, target)
-                        pool = self.resolve(target)
-                        ctx.model = pool.model
-                        tried = set()
+                        state.pool = self.resolve(target)
+                        ctx.model = state.pool.model
+                        tried.clear()
                         continue
-                raise failure.error
+                raise _caller_error(ep, failure)
             policy = ep.error_policy
             deterministic_check = policy is not None and policy.stop_on_repeated_5xx_body
             if deterministic_check and failure.status and failure.status >= 500 and failure.body:
-                if failure.body in last_bodies:
+                if failure.body in state.last_bodies:
                     log.info("identical %s body twice: deterministic failure", failure.status)
                     raise failure.error
-                last_bodies.append(failure.body)
+                state.last_bodies.append(failure.body)
 
     async def _wait_for_capacity(
         self, pool: Pool, tried: set[Endpoint], now: float, deadline_at: float
     ) -> bool:
         """Wait for a cooling endpoint or a free slot, within the deadline and the limit."""
         limit = min(deadline_at, now + self.settings.wait_for_capacity)
-        candidates = [ep for ep in pool.all() if not ep.removed and ep not in tried]
+        candidates = [
+            ep
+            for ep in pool.all()
+            if not ep.removed and ep not in tried and ep.lifecycle == "active"
+        ]
         if not candidates:
             return False
-        at = self._next_available(pool, tried, now)
+        at = self.registry.next_available(pool, tried, now)
         full = any(ep.is_full() and ep.health.selectable(now) for ep in candidates)
         if full:
             fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -550,7 +623,15 @@ class MuxCore:
             return time.monotonic() < limit
         if at is None or at >= limit:
             return False
-        await asyncio.sleep(max(0.0, at - now))
+        fut = asyncio.get_running_loop().create_future()
+        pool.waiters.append(fut)  # mark_ready wakes us early
+        try:
+            await asyncio.wait_for(fut, max(0.0, at - now))
+        except asyncio.TimeoutError:
+            pass
+        finally:
+            if fut in pool.waiters:
+                pool.waiters.remove(fut)
         return True
 
     def _raise_deadline(self, ctx: RequestContext, deadline: float | None) -> None:
@@ -558,76 +639,115 @@ class MuxCore:
 
         raise DeadlineExceeded(str(ctx.model), float(deadline or 0), ctx.attempts)
 
-    def _raise_exhausted(
-        self, ctx: RequestContext, pool: Pool, tried: set[Endpoint], budget: bool = False
-    ) -> None:
-        from .errors import AllEndpointsFailed, AllEndpointsRateLimited, NoEndpointAvailable
+    def _raise_exhausted(self, state: RouteState, stopped: str | None = None) -> None:
+        from .errors import (
+            AllEndpointsFailed,
+            AllEndpointsRateLimited,
+            AllEndpointsUnauthorized,
+            ModelNotFound,
+            NoEndpointAvailable,
+        )
 
+        ctx, pool = state.ctx, state.pool
         attempts = ctx.attempts
         model = str(ctx.model)
+        now = time.monotonic()
+        failed = [a for a in attempts if a.status != 200]
+        statuses = {a.status for a in failed}
+        code = getattr(getattr(state.last_failure, "error", None), "code", None)
+        if failed and all(a.fault == Fault.CREDENTIALS.value for a in failed):
+            status = 403 if statuses == {403} else 401
+            raise AllEndpointsUnauthorized.for_status(status, model, attempts, code=code)
+        if failed and statuses == {404}:
+            raise ModelNotFound(model, self.models(), attempts=attempts, code=code)
         if not attempts:
-            now = time.monotonic()
-            at = self._next_available(pool, tried, now)
-            hint = "Every endpoint is cooling down, ejected or at max_concurrent."
+            members = pool.all()
+            quarantined = [
+                ep.name for ep in members if ep.health.state(now) == "quarantined"
+            ]
+            if members and len(quarantined) == len(members):
+                raise AllEndpointsUnauthorized(model, [], quarantined=quarantined)
+            at = self.registry.next_available(pool, state.tried, now)
+            hint = "Every endpoint is cooling down, ejected, quarantined, draining or full."
             headers = None
             if at is not None and at > now:
                 hint += f" The first one is back in {at - now:.1f} s."
                 headers = {"Retry-After": str(max(1, int(at - now + 0.999)))}
-            if not pool.all():
+            if quarantined:
+                hint += f" Quarantined (credentials refused): {', '.join(quarantined)}."
+            if not members:
                 hint = "The pool has no endpoints (they were all removed)."
             raise NoEndpointAvailable(model, attempts, hint=hint, headers=headers)
         hint = ""
-        if budget:
-            hint = (
-                "Stopped retrying: the attempt limit (max_attempts) or the retry budget was "
-                "reached. Check the failing endpoints with mux.stats()."
+        if stopped:
+            hint = f"Stopped failing over: {stopped}. Check the failing endpoints with mux.stats()."
+        if any(a.status == 404 for a in attempts):
+            hint += (
+                " An endpoint answered 404: check that its base URL ends with /v1 and that it "
+                "serves this model."
             )
         if all(a.status == 429 for a in attempts):
-            now = time.monotonic()
-            at = self._next_available(pool, set(), now)
+            at = self.registry.next_available(pool, set(), now)
             wait = max(1, int((at or now) - now + 0.999))
             raise AllEndpointsRateLimited(
-                model, attempts, hint=hint, headers={"Retry-After": str(wait)}
+                model, attempts, hint=hint.strip(), headers={"Retry-After": str(wait)}
             )
-        raise AllEndpointsFailed(model, attempts, hint=hint)
+        raise AllEndpointsFailed(model, attempts, hint=hint.strip())
 
-    async def _attempt(
-        self,
-        kind: RequestKind,
-        ctx: RequestContext,
-        ep: Endpoint,
-        request_options: Mapping[str, Any],
-        user_timeout: Any,
-        deadline_at: float,
-        is_hedge: bool,
-    ) -> _Success | Failure:
+    def _attempt_timeout(self, state: RouteState, remaining: float) -> Any:
         s = self.settings
-        t0 = time.monotonic()
-        remaining = deadline_at - t0
-        if user_timeout is not None and not isinstance(user_timeout, (int, float)):
-            timeout = user_timeout  # an httpx Timeout object from the caller
+        user = state.user_timeout
+        if user is not None and not isinstance(user, (int, float)):
+            return user  # a Timeout object from the caller, as openai takes it
+        if user is not None:
+            read = float(user)  # openai's meaning: this attempt, every phase
+            connect = min(read, s.connect_timeout)
         else:
-            ttfb = float(user_timeout) if user_timeout is not None else s.first_byte_timeout
-            timeout = self._timeout(min(ttfb, remaining), min(s.connect_timeout, remaining))
+            read = s.first_byte_timeout
+            adaptive = s.adaptive_timeout
+            if adaptive is not None:
+                read = adaptive.for_window(state.pool.window(state.ctx.stream), read)
+            connect = s.connect_timeout
+        return self._timeout(min(read, remaining), min(connect, remaining))
+
+    async def _attempt(self, state: RouteState, ep: Endpoint, is_hedge: bool) -> _Success | Failure:
+        ctx = state.ctx
+        kind = state.kind
+        t0 = time.monotonic()
+        timeout = self._attempt_timeout(state, ctx.deadline_at - t0)
         upstream_model = ep.models.get(str(ctx.model)) or ep.models.get(DEFAULT_POOL)
-        body = ctx.params
-        if ep.default_params:
-            body = {**ep.default_params, **body}
-        if upstream_model is not None and body.get("model") != upstream_model:
-            body = {**body, "model": upstream_model}
+        params = ctx.params
+        types = self.types()
+        body: Any
+        send: dict[str, Any]
+        if (
+            state.payload is not None
+            and params is state.payload_params
+            and not ep.default_params
+            and (upstream_model is None or params.get("model") == upstream_model)
+            and types.takes_content(ep.client)
+        ):
+            # serialised once, when the parameters were checked
+            send = {"content": state.payload}
+        else:
+            body = params
+            if ep.default_params:
+                body = {**ep.default_params, **body}
+            if upstream_model is not None and body.get("model") != upstream_model:
+                body = {**body, "model": upstream_model}
+            send = {"body": body}
         ep.inflight += 1
         ep.requests += 1
         ep.health.begin(t0)
-        types = self.types()
         released = False
         try:
-            opts = types.make_request_options(timeout=timeout, **request_options)
+            opts = types.make_request_options(timeout=timeout, **state.request_options)
             if ctx.stream:
                 upstream = await ep.client.post(
                     kind.path,
                     cast_to=types.cast_to(kind),
-                    body=body,
                     options=opts,
+                    **send,
                     stream=True,
                     stream_cls=types.stream_cls(kind),
                 )
@@ -643,7 +763,7 @@ class MuxCore:
                 result: Any = upstream
             else:
                 result = await ep.client.post(
-                    kind.path, cast_to=types.cast_to(kind), body=body, options=opts
+                    kind.path, cast_to=types.cast_to(kind), options=opts, **send
                 )
                 first = None
                 released = True
@@ -662,7 +782,7 @@ class MuxCore:
             if not released:
                 ep.inflight -= 1
             failure = (ep.error_policy or _default_error_policy).classify(exc)
-            self._on_failure(ctx, ep, failure, t0, is_hedge)
+            self._on_failure(state, ep, failure, t0, is_hedge)
             if ep.on_release is not None:
                 ep.on_release(ep)
             return failure
@@ -671,9 +791,7 @@ class MuxCore:
         ep.successes += 1
         ep.ewma.observe(ttfb, now)
         ep.health.on_success()
-        pool = self.pools.get(str(ctx.model))
-        if pool is not None:
-            pool.latency.add(ttfb)
+        state.pool.window(ctx.stream).add(ttfb)
         ctx.endpoint = ep
         ctx.upstream_model = upstream_model
         ctx.t_first_byte = now
@@ -690,18 +808,61 @@ class MuxCore:
         reason: str,
         t0: float,
         hedge: bool,
+        fault: Fault | None = None,
     ) -> None:
         from .errors import Attempt
 
-        ctx.attempts.append(Attempt(ep.name, status, reason, time.monotonic() - t0, hedge))
+        ctx.attempts.append(
+            Attempt(
+                ep.name,
+                status,
+                reason,
+                time.monotonic() - t0,
+                hedge,
+                fault.value if fault is not None else None,
+            )
+        )
 
     def _on_failure(
-        self, ctx: RequestContext, ep: Endpoint, failure: Failure, t0: float, hedge: bool
+        self, state: RouteState, ep: Endpoint, failure: Failure, t0: float, hedge: bool
     ) -> None:
         now = time.monotonic()
         elapsed = now - t0
+        fault = failure.fault
         ep.count_failure(failure.kind, failure.message)
-        if failure.kind == "rate_limited":
+        if fault is Fault.CALLER:
+            ep.health.on_abandoned()  # the request was wrong, not the endpoint
+        elif fault is Fault.CREDENTIALS:
+            if ep.health.quarantine(now, failure.message):
+                log.warning(
+                    "endpoint %s refused the credentials gonka_mux sent (%s): quarantined for "
+                    "%.0f s; check its api_key. Other endpoints keep serving.",
+                    ep.name,
+                    failure.message,
+                    ep.health.policy.quarantine_time,
+                )
+        elif fault is Fault.GONE:
+            if failure.remove_endpoint:
+                if ep.name in self.endpoints:
+                    log.warning("removing endpoint %s: %s", ep.name, failure.message)
+                    self.remove(ep)
+            elif failure.status == 404 and str(state.ctx.model) in ep.models:
+                log.warning(
+                    "endpoint %s does not serve model %s (404): out of that pool until it is "
+                    "marked ready",
+                    ep.name,
+                    state.ctx.model,
+                )
+                self.registry.withdraw(ep, str(state.ctx.model))
+            else:
+                log.warning(
+                    "endpoint %s is gone (%s): out of rotation until it is marked ready",
+                    ep.name,
+                    failure.message,
+                )
+                self.registry.set_gone(ep)
+            ep.health.on_abandoned()
+        elif failure.kind == "rate_limited":
             ep.health.on_rate_limited(now, failure.retry_after)
             ep.ewma.observe_failure(elapsed, now, self.settings.failure_penalty)
         elif failure.penalize:
@@ -709,40 +870,27 @@ class MuxCore:
             ep.ewma.observe_failure(elapsed, now, self.settings.failure_penalty)
         else:
             ep.health.on_abandoned()
-        if failure.remove_endpoint and ep.name in self.endpoints:
-            log.warning("removing endpoint %s: %s", ep.name, failure.message)
-            self.remove(ep)
-        self._record_attempt(ctx, ep, failure.status, failure.message, t0, hedge)
-        log.debug("attempt on %s failed: %s", ep.name, failure.message)
+        self._record_attempt(state.ctx, ep, failure.status, failure.message, t0, hedge, fault)
+        log.debug("attempt on %s failed (%s): %s", ep.name, fault, failure.message)
         for hook in self.on_failure_hooks:
             try:
                 hook(ep, failure)
             except Exception:
                 log.exception("on_failure hook failed")
 
-    async def _hedged(
-        self,
-        kind: RequestKind,
-        ctx: RequestContext,
-        pool: Pool,
-        ep: Endpoint,
-        tried: set[Endpoint],
-        request_options: Mapping[str, Any],
-        user_timeout: Any,
-        deadline_at: float,
-        hedge: HedgePolicy,
-    ) -> _Success | Failure:
+    async def _hedged(self, state: RouteState, ep: Endpoint) -> _Success | Failure:
         """One attempt plus up to ``max_hedges`` hedges; the first success wins."""
         loop = asyncio.get_running_loop()
         pending: dict[asyncio.Task[Any], Endpoint] = {}
+        hedge = state.hedge
+        assert hedge is not None
+        ctx = state.ctx
+        window = state.pool.window(ctx.stream)
+        tried = state.tried
 
         def start(target: Endpoint, is_hedge: bool) -> None:
             tried.add(target)
-            task = loop.create_task(
-                self._attempt(
-                    kind, ctx, target, request_options, user_timeout, deadline_at, is_hedge
-                )
-            )
+            task = loop.create_task(self._attempt(state, target, is_hedge))
             pending[task] = target
 
         start(ep, False)
@@ -752,14 +900,14 @@ class MuxCore:
         try:
             while pending:
                 now = time.monotonic()
-                timeout = deadline_at - now
+                timeout = ctx.deadline_at - now
                 can_hedge = hedges < hedge.max_hedges
                 if can_hedge:
                     # Re-read the delay: a cold pool has no samples yet (max_delay), and the
                     # first answers arriving meanwhile should shorten it.
-                    delay = hedge.delay_for(pool.latency)
+                    delay = hedge.delay_for(window)
                     timeout = min(timeout, max(0.0, last_start + delay - now))
-                    if hedge.delay is None and len(pool.latency) < hedge.min_samples:
+                    if hedge.delay is None and len(window) < hedge.min_samples:
                         timeout = min(timeout, 0.05)
                 if timeout <= 0 and not can_hedge:
                     break
@@ -768,11 +916,11 @@ class MuxCore:
                 )
                 if not done:
                     now = time.monotonic()
-                    if now >= deadline_at:
+                    if now >= ctx.deadline_at:
                         break
-                    if now < last_start + hedge.delay_for(pool.latency):
+                    if now < last_start + hedge.delay_for(window):
                         continue  # woke up early to re-read a cold pool's delay
-                    other = self.select(pool, tried, time.monotonic())
+                    other = self.select(state.pool, tried, time.monotonic())
                     if other is not None and self.budget.try_withdraw():
                         start(other, True)
                         ctx.hedged = True
@@ -789,7 +937,7 @@ class MuxCore:
                         pending = {}
                         return outcome
                     failure = outcome
-                    if not failure.retryable:
+                    if failure.fault is Fault.CALLER or not failure.retryable:
                         self._reap(pending)
                         pending = {}
                         return failure
@@ -797,7 +945,7 @@ class MuxCore:
                 return failure
             self._reap(pending)
             pending = {}
-            self._raise_deadline(ctx, deadline_at - ctx.t_start)
+            self._raise_deadline(ctx, state.deadline)
             raise AssertionError("unreachable")
         except asyncio.CancelledError:
             self._reap(pending)
@@ -857,21 +1005,10 @@ class MuxCore:
 
     # -- lifecycle ------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
-        now = time.monotonic()
-        return {
-            "endpoints": {name: ep.snapshot(now) for name, ep in self.endpoints.items()},
-            "models": {
-                m: {
-                    "primary": [e.name for e in p.primary],
-                    "fallback": [e.name for e in p.fallback],
-                    "ttfb_p95_s": p.latency.percentile(0.95),
-                }
-                for m, p in self.pools.items()
-            },
-            "aliases": dict(self.aliases),
-            "retry_budget": round(self.budget.balance, 2),
-            "strategy": self.strategy.name,
-        }
+        out = self.registry.stats(time.monotonic())
+        out["retry_budget"] = round(self.budget.balance, 2)
+        out["strategy"] = getattr(self.strategy, "name", type(self.strategy).__name__)
+        return out
 
     async def aclose(self) -> None:
         for closer in reversed(self.closers):
@@ -894,6 +1031,27 @@ class MuxCore:
                     await result
 
 
+def _caller_error(ep: Endpoint, failure: Failure) -> BaseException:
+    """The error raised for a request an endpoint refused as the caller's fault.
+
+    It is the endpoint's own exception, unchanged (the same openai class, code, message and
+    body as the plain openai client would raise: a drop-in must not change what callers
+    catch), with ``endpoint`` set to the endpoint's name and a note saying why it was not
+    retried.
+    """
+    exc = failure.error
+    with contextlib.suppress(AttributeError, TypeError):
+        exc.endpoint = ep.name  # type: ignore[attr-defined]
+    if failure.fault is Fault.CALLER:
+        add_note = getattr(exc, "add_note", None)
+        if add_note is not None and not getattr(exc, "__notes__", None):
+            add_note(
+                f"gonka_mux: endpoint {ep.name} refused the request itself "
+                f"(HTTP {failure.status}); it was not retried on another endpoint."
+            )
+    return exc
+
+
 class _OpenAITypes:
     """openai's response classes and request-option helper, imported once, lazily."""
 
@@ -914,6 +1072,22 @@ class _OpenAITypes:
             "completions": AsyncStream[Completion],
         }
         self.ChatCompletionChunk = ChatCompletionChunk
+        self._content_ok: dict[type, bool] = {}
+
+    def takes_content(self, client: Any) -> bool:
+        """Whether ``client.post`` takes pre-serialised bytes as ``content=`` (openai's own
+        clients do; a duck-typed client may not)."""
+        cls = type(client)
+        ok = self._content_ok.get(cls)
+        if ok is None:
+            import inspect
+
+            try:
+                ok = "content" in inspect.signature(cls.post).parameters
+            except (TypeError, ValueError, AttributeError):
+                ok = False
+            self._content_ok[cls] = ok
+        return ok
 
     def cast_to(self, kind: RequestKind) -> Any:
         return self._cast[kind.name]

@@ -2,16 +2,21 @@
 
 The first chunk was already received inside the routing attempt (so failover could happen before
 the caller saw output). After it, a broken stream raises ``StreamInterrupted`` carrying the partial
-output, and is never retried. Both stream classes are iterators and context managers and close
-the upstream connection when closed or exhausted.
+output, and is never retried. A stream that ends without its final chunk (no ``finish_reason``
+for a choice it started) is broken too: it raises instead of passing for a complete answer. The
+caller's deadline bounds the whole stream. Both stream classes are iterators and context
+managers and close the upstream connection when closed or exhausted.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
+
+from ._core import _timeout_at
 
 if TYPE_CHECKING:
     from ._core import MuxCore, RequestContext, _Success
@@ -25,7 +30,15 @@ __all__ = ["AsyncChunkStream", "ChunkStream"]
 class _Partial:
     """Assembles the streamed output (for sessions, metering and StreamInterrupted)."""
 
-    __slots__ = ("content", "finish_reason", "reasoning", "role", "tool_calls")
+    __slots__ = (
+        "content",
+        "finish_reason",
+        "finished",
+        "reasoning",
+        "role",
+        "started",
+        "tool_calls",
+    )
 
     def __init__(self) -> None:
         self.content: list[str] = []
@@ -33,11 +46,22 @@ class _Partial:
         self.tool_calls: dict[int, dict[str, Any]] = {}
         self.finish_reason: str | None = None
         self.role = "assistant"
+        self.started: set[int] = set()  # choice indexes seen
+        self.finished: set[int] = set()  # choice indexes that sent their finish_reason
+
+    @property
+    def complete(self) -> bool:
+        """Every choice the stream started has ended with a finish_reason."""
+        return bool(self.started) and self.started <= self.finished
 
     def add(self, chunk: Any) -> None:
         choices = getattr(chunk, "choices", None)
         if not choices:
             return
+        for c in choices:
+            self.started.add(c.index)
+            if c.finish_reason:
+                self.finished.add(c.index)
         choice = choices[0]
         if choice.index != 0:  # n > 1: the session keeps the first choice
             return
@@ -106,6 +130,7 @@ class AsyncChunkStream:
         self._first: Any = success.first
         self._done = False
         self._hide_usage = bool(ctx.extras.get("hide_usage_chunk"))
+        self._deadline_at = ctx.deadline_at
         self.partial = _Partial()
         self.response = getattr(self._upstream, "response", None)
         self.endpoint_name = success.endpoint.name
@@ -123,13 +148,35 @@ class AsyncChunkStream:
                 if self._done:
                     raise StopAsyncIteration
                 try:
-                    chunk = await self._upstream.__anext__()
+                    if self._deadline_at == math.inf:
+                        chunk = await self._upstream.__anext__()
+                    else:
+                        async with _timeout_at(self._deadline_at):
+                            chunk = await self._upstream.__anext__()
                 except StopAsyncIteration:
+                    if not self.partial.complete:
+                        # ended cleanly but early: a truncated answer, not a complete one
+                        exc = _Truncated("the stream ended without its final chunk")
+                        await self._finish(exc)
+                        from .errors import StreamInterrupted
+
+                        raise StreamInterrupted(
+                            self._endpoint.name, str(exc), self.partial.as_dict()
+                        ) from None
                     await self._finish(None)
                     raise
                 except asyncio.CancelledError:
                     await self._finish(None, status="cancelled")
                     raise
+                except TimeoutError:
+                    deadline = self._deadline_at - self._ctx.t_start
+                    reason = f"the request's deadline of {deadline:g} s passed"
+                    await self._finish(None, status="interrupted", reason=reason)
+                    from .errors import StreamInterrupted
+
+                    raise StreamInterrupted(
+                        self._endpoint.name, reason, self.partial.as_dict()
+                    ) from None
                 except Exception as exc:
                     await self._finish(exc)
                     from .errors import StreamInterrupted
@@ -145,25 +192,28 @@ class AsyncChunkStream:
                     continue  # a usage chunk the caller did not ask for (metering asked)
             return chunk
 
-    async def _finish(self, exc: BaseException | None, status: str | None = None) -> None:
+    async def _finish(
+        self, exc: BaseException | None, status: str | None = None, reason: str | None = None
+    ) -> None:
         if self._done:
             return
         self._done = True
         ctx = self._ctx
         ctx.extras["stream_message"] = self.partial.message()
         ctx.extras["finish_reason"] = self.partial.finish_reason
-        if exc is not None:
+        if exc is not None or reason is not None:
             from .errors import StreamInterrupted
 
             ctx.status = "interrupted"
-            ctx.error = StreamInterrupted(self._endpoint.name, _reason(exc), self.partial.as_dict())
+            why = reason if reason is not None else _reason(exc)  # type: ignore[arg-type]
+            ctx.error = StreamInterrupted(self._endpoint.name, why, self.partial.as_dict())
         else:
-            ctx.status = status or ("ok" if self.partial.finish_reason else "closed")
+            ctx.status = status or ("ok" if self.partial.complete else "closed")
         self._core.release_stream(self._endpoint, exc)
         try:
             await self._core.finish_stream(ctx)
         finally:
-            if exc is not None or status is not None or not self.partial.finish_reason:
+            if exc is not None or status is not None or not self.partial.complete:
                 try:
                     await self._upstream.close()
                 except Exception:
@@ -227,6 +277,10 @@ class ChunkStream:
 
     def __exit__(self, *exc_info: Any) -> None:
         self.close()
+
+
+class _Truncated(ValueError):
+    """The upstream stream ended cleanly before its final chunk (a malformed reply)."""
 
 
 def _reason(exc: BaseException) -> str:

@@ -56,6 +56,7 @@ class Endpoint:
         "inflight",
         "kind",
         "last_error",
+        "lifecycle",
         "max_concurrent",
         "models",
         "name",
@@ -65,6 +66,7 @@ class Endpoint:
         "successes",
         "tier",
         "weight",
+        "withdrawn",
     )
 
     def __init__(
@@ -109,6 +111,12 @@ class Endpoint:
         self.external_load = 0.0
         self.inflight = 0
         self.removed = False
+        # what the endpoint's source (or a 404/410) says: "active", "draining" (no new
+        # requests; in-flight ones finish), "down" (starting or unreachable) or "gone" (404/410):
+        # only "active" endpoints are selected; mark_ready makes any of them active again
+        self.lifecycle = "active"
+        # public model -> upstream name, for models this endpoint answered 404 for
+        self.withdrawn: dict[str, str] = {}
         self.requests = 0
         self.successes = 0
         self.failures: dict[str, int] = {}
@@ -131,12 +139,17 @@ class Endpoint:
     def selectable(self, now: float) -> bool:
         return (
             not self.removed
+            and self.lifecycle == "active"
             and (self.max_concurrent is None or self.inflight < self.max_concurrent)
             and self.health.selectable(now)
         )
 
     def score(self, default_cost: float, now: float) -> float:
-        """Lower is better: peak-EWMA latency x (load + 1) / weight.
+        """Lower is better: peak-EWMA latency (decayed, plus failure penalty) x (load + 1).
+
+        Weight is not part of the score: dividing by it let the heaviest endpoint win every
+        comparison at light load (it took everything instead of its share). Strategies use
+        weight as a *share* among endpoints whose scores are about equal instead.
 
         An endpoint with no latency sample yet scores 0 while idle, so every new endpoint is
         tried once (exploration); once it has requests in flight it scores with
@@ -149,7 +162,7 @@ class Endpoint:
             return 0.0
         else:
             cost = default_cost
-        return cost * (load + 1.0) / self.weight
+        return cost * (load + 1.0)
 
     def count_failure(self, kind: str, message: str) -> None:
         self.failures[kind] = self.failures.get(kind, 0) + 1
@@ -174,7 +187,9 @@ class Endpoint:
             "inflight": self.inflight,
             "max_concurrent": self.max_concurrent,
             "external_load": self.external_load,
-            "state": h.state(now),
+            "state": h.state(now) if self.lifecycle == "active" else self.lifecycle,
+            "quarantine_reason": h.quarantine_reason,
+            "withdrawn_models": sorted(self.withdrawn),
             "cooldown_remaining_s": round(max(0.0, h.available_at(now) - now), 3),
             "consecutive_failures": h.consecutive_failures,
             "removed": self.removed,

@@ -28,12 +28,15 @@ except ImportError:  # pragma: no cover - exercised in the openai 2.x CI leg
 
 __all__ = [
     "AllEndpointsFailed",
+    "AllEndpointsForbidden",
     "AllEndpointsRateLimited",
+    "AllEndpointsUnauthorized",
     "Attempt",
     "ConfigError",
     "ContextLengthExceeded",
     "DeadlineExceeded",
     "GonkaMuxError",
+    "InvalidRequestError",
     "ModelNotFound",
     "MuxErrorMixin",
     "NoEndpointAvailable",
@@ -182,6 +185,7 @@ class Attempt:
     reason: str
     elapsed: float
     hedge: bool = False
+    fault: str | None = None  # whose fault a failed attempt was (routing.outcome.Fault)
 
     def describe(self) -> str:
         status = f"HTTP {self.status}" if self.status is not None else "no response"
@@ -238,18 +242,124 @@ class NoEndpointAvailable(AllEndpointsFailed):
     """The pool for the model exists but every endpoint is ejected, cooling down or full."""
 
 
+class AllEndpointsUnauthorized(MuxErrorMixin, openai.AuthenticationError):
+    """Every endpoint tried refused our credentials (401/402/403); each is now quarantined.
+
+    ``attempts`` lists them. The message names the endpoints, never a key.
+    """
+
+    status = 401
+
+    def __init__(
+        self,
+        model: str,
+        attempts: Sequence[Attempt],
+        *,
+        quarantined: Sequence[str] = (),
+        code: str | None = None,
+    ) -> None:
+        self.model = model
+        self.attempts = list(attempts)
+        self.endpoints = list(dict.fromkeys([*(a.endpoint for a in self.attempts), *quarantined]))
+        names = ", ".join(self.endpoints) or "none"
+        if self.attempts:
+            what = f"refused the credentials gonka_mux sent ({_attempts_text(self.attempts)})"
+        else:
+            what = "is quarantined after refusing the credentials gonka_mux sent"
+        message = (
+            f"Every endpoint for model {model!r} {what}. Check the api_key (or signing key) "
+            f"configured for: {names}. They are probed again after their quarantine; "
+            "mux.mark_ready(name) puts a fixed endpoint back at once."
+        )
+        _init_status_error(
+            self,
+            self.status,
+            message,
+            code=code or "all_endpoints_unauthorized",
+            type_="authentication_error" if self.status == 401 else "permission_error",
+            headers=None,
+        )
+
+    @classmethod
+    def for_status(
+        cls, status: int, model: str, attempts: Sequence[Attempt], *, code: str | None = None
+    ) -> AllEndpointsUnauthorized:
+        """403s from every endpoint give :class:`AllEndpointsForbidden` (also an
+        ``openai.PermissionDeniedError``), anything else this class (HTTP 401)."""
+        kind = AllEndpointsForbidden if status == 403 else cls
+        return kind(model, attempts, code=code if isinstance(code, str) else None)
+
+
+class AllEndpointsForbidden(AllEndpointsUnauthorized, openai.PermissionDeniedError):  # type: ignore[misc]
+    """Every endpoint tried answered 403: the same as :class:`AllEndpointsUnauthorized`, and an
+    ``openai.PermissionDeniedError`` like the plain client's."""
+
+    status = 403
+
+
+class InvalidRequestError(MuxErrorMixin, openai.BadRequestError, ValueError):  # type: ignore[misc]
+    """The request itself is wrong: a bad parameter of the caller, or a 400/413/422 that an
+    endpoint gave and any other would give too. Raised at once; no endpoint is blamed.
+
+    ``param`` names the offending parameter when known (``"messages[0].content"``);
+    ``endpoint`` is the endpoint that refused it (None when refused before sending).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        param: str | None = None,
+        endpoint: str | None = None,
+        status: int = 400,
+        code: str | None = "invalid_request",
+    ) -> None:
+        self.endpoint = endpoint
+        _init_status_error(
+            self,
+            status,
+            message,
+            code=code,
+            type_="invalid_request_error",
+            headers=None,
+            param=param,
+        )
+        self.param = param
+
+
 class ModelNotFound(MuxErrorMixin, openai.NotFoundError):
     """No endpoint serves the requested model (or alias)."""
 
-    def __init__(self, model: str, known: Sequence[str]) -> None:
+    def __init__(
+        self,
+        model: str,
+        known: Sequence[str],
+        *,
+        attempts: Sequence[Attempt] = (),
+        code: str | None = None,
+    ) -> None:
         self.model = model
+        self.attempts = list(attempts)
         shown = ", ".join(sorted(known)[:20]) or "none"
-        message = (
-            f"No endpoint serves model {model!r}. Known models: {shown}. "
-            "Register one with mux.add_endpoint(..., models=[...]) or add an alias."
-        )
+        if self.attempts:
+            message = (
+                f"No endpoint serves model {model!r}: every endpoint tried answered 404 "
+                f"({_attempts_text(self.attempts)}). Check that each base URL ends with /v1 "
+                "and that the endpoint serves this model; they are out of this model's pool "
+                f"until mux.mark_ready(name). Known models: {shown}."
+            )
+        else:
+            message = (
+                f"No endpoint serves model {model!r}. Known models: {shown}. "
+                "Register one with mux.add_endpoint(..., models=[...]) or add an alias."
+            )
         _init_status_error(
-            self, 404, message, code="model_not_found", type_="invalid_request_error", headers=None
+            self,
+            404,
+            message,
+            code=code if isinstance(code, str) else "model_not_found",
+            type_="invalid_request_error",
+            headers=None,
         )
 
 

@@ -6,10 +6,12 @@ loop thread, as httpx's Client and AsyncClient share their model.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import os
-from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._core import (
     CHAT,
@@ -27,7 +29,9 @@ from ._portal import Portal
 from .endpoint import Endpoint, EndpointTier
 
 if TYPE_CHECKING:
-    from .routing.outcome import ErrorPolicy
+    from .routing.outcome import ErrorPolicy, Failure
+
+T = TypeVar("T")
 
 log = logging.getLogger("gonka_mux")
 
@@ -54,31 +58,36 @@ def _split(params: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], Call
 
 
 def _make_async_client(
-    client_or_base_url: Any, api_key: str | None, default_headers: Mapping[str, str] | None
+    client_or_base_url: Any,
+    api_key: str | None,
+    default_headers: Mapping[str, str] | None,
+    factory: Any,
 ) -> Any:
-    import openai
-
+    """The ``AsyncOpenAI`` an endpoint uses. Clients this builds (from a URL, or wrapping a
+    sync ``openai.OpenAI``) share the HTTP client of ``factory`` (the mux's
+    ``_clients.ClientFactory``); a client passed in is used as given (a copy without SDK
+    retries) and stays on its own HTTP client."""
     if isinstance(client_or_base_url, str):
-        return openai.AsyncOpenAI(
+        return factory.client(
             base_url=client_or_base_url,
             api_key=api_key or os.environ.get("OPENAI_API_KEY") or "not-needed",
-            max_retries=0,
-            default_headers=dict(default_headers) if default_headers else None,
+            default_headers=default_headers,
         )
+    import openai
+
     client = client_or_base_url
     if isinstance(client, openai.AsyncOpenAI):
         # The SDK's own retries are off: the Multiplexer owns retries and failover.
         return client.with_options(max_retries=0) if client.max_retries else client
     if isinstance(client, openai.OpenAI):
         log.debug("wrapping a sync OpenAI client as AsyncOpenAI for %s", client.base_url)
-        return openai.AsyncOpenAI(
+        return factory.client(
             base_url=str(client.base_url),
             api_key=client.api_key,
+            default_headers=default_headers,
             organization=client.organization,
             project=client.project,
             timeout=client.timeout,
-            max_retries=0,
-            default_headers=dict(default_headers) if default_headers else None,
         )
     if hasattr(client, "post") and hasattr(client, "base_url"):
         return client  # an openai-compatible client object (duck-typed)
@@ -204,6 +213,9 @@ class _MuxBase:
     config: dict[str, Any]
 
     def _init_features(self) -> None:
+        from ._clients import ClientFactory
+
+        self._clients = ClientFactory(self._core.closers)  # shared HTTP client of URL endpoints
         self.config = {}
         self.limiter: Any = None
         self.meter: Any = None
@@ -215,6 +227,7 @@ class _MuxBase:
         self._jobs_store: Any = None
         self._jobs_path: Any = None
         self._jobs_options: dict[str, Any] = {}
+        self._background: set[asyncio.Task[Any]] = set()
 
     @property
     def jobs(self) -> Any:
@@ -244,7 +257,7 @@ class _MuxBase:
         number of endpoints may serve the same model and the request's ``model`` selects the
         pool. ``tier="fallback"`` endpoints are used only when no primary one is available.
         """
-        client = _make_async_client(client_or_base_url, api_key, headers)
+        client = _make_async_client(client_or_base_url, api_key, headers, self._clients)
         if name is None and isinstance(client_or_base_url, str):
             name = _unique_name(self._core, client_or_base_url)
         ep = Endpoint(
@@ -276,7 +289,7 @@ class _MuxBase:
 
     def _add_compat(self, client: Any, weight: float, model_name: str, tier: EndpointTier) -> Any:
         ep = Endpoint(
-            _make_async_client(client, None, None),
+            _make_async_client(client, None, None, self._clients),
             models={model_name: model_name},
             name=_unique_name(self._core, model_name),
             weight=weight,
@@ -301,6 +314,107 @@ class _MuxBase:
     def add_extension(self, extension: Extension) -> None:
         """Add a before/after hook that runs around every request."""
         self._core.extensions.append(extension)
+
+    # -- the extension surface: what Gonka, brokers, vLLM nodes, the gateway and adapters use -
+    def register_endpoint(self, endpoint: Endpoint) -> Endpoint:
+        """Add an :class:`Endpoint` built by an extension (its own client, error policy...)."""
+        return self._core.add(endpoint)
+
+    def get_endpoint(self, name: str) -> Endpoint | None:
+        """The endpoint named ``name``, or None."""
+        return self._core.endpoints.get(name)
+
+    def endpoints_for(self, model: str) -> list[Endpoint]:
+        """The endpoints serving ``model`` (an alias resolves to its target), both tiers."""
+        pool = self._core.pools.get(model)
+        if pool is None and model in self._core.aliases:
+            pool = self._core.pools.get(self._core.aliases[model])
+        return list(pool.all()) if pool is not None else []
+
+    def add_failure_listener(self, listener: Callable[[Endpoint, Failure], None]) -> None:
+        """Call ``listener(endpoint, failure)`` after every failed attempt (on the mux's loop;
+        it must not block). ``failure.fault`` says whose fault it was."""
+        self._core.on_failure_hooks.append(listener)
+
+    def remove_failure_listener(self, listener: Callable[[Endpoint, Failure], None]) -> None:
+        with contextlib.suppress(ValueError):
+            self._core.on_failure_hooks.remove(listener)
+
+    def on_close(self, closer: Callable[[], Awaitable[Any]]) -> None:
+        """Run ``await closer()`` when the Multiplexer closes (last registered, first run)."""
+        self._core.closers.append(closer)
+
+    def on_start(self, starter: Callable[[], Awaitable[Any]]) -> None:
+        """Run ``await starter()`` once on the Multiplexer's event loop: now if that loop is
+        running (the sync face's own loop; the async face's, when called from inside it),
+        otherwise before the first request."""
+        loop = self._live_loop()
+        if loop is None:
+            self._core.startup.append(starter)
+        elif self._in_loop(loop):
+            task = loop.create_task(starter())
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+        else:
+            asyncio.run_coroutine_threadsafe(starter(), loop).result()
+
+    async def arun(self, coro: Awaitable[T]) -> T:
+        """Await ``coro`` on the Multiplexer's event loop from any loop (the async face runs
+        it right here; the sync face on its private loop, without blocking the caller's)."""
+        loop = self._live_loop()
+        if loop is None or self._in_loop(loop):
+            return await coro
+        future = asyncio.run_coroutine_threadsafe(coro, loop)  # type: ignore[arg-type]
+        return await asyncio.wrap_future(future)
+
+    def _live_loop(self) -> asyncio.AbstractEventLoop | None:
+        try:
+            return asyncio.get_running_loop()
+        except RuntimeError:
+            return None
+
+    @staticmethod
+    def _in_loop(loop: asyncio.AbstractEventLoop) -> bool:
+        try:
+            return asyncio.get_running_loop() is loop
+        except RuntimeError:
+            return False
+
+    def watch_epochs(self, watcher: Any) -> None:
+        """Report ``watcher`` (a Gonka refresh manager) in :meth:`epoch_status`."""
+        self._epoch_watchers.append(watcher)
+
+    # -- endpoint lifecycle: what endpoint sources (vLLM health, Gonka groups) report -------
+    def mark_ready(self, endpoint: str | Endpoint) -> Endpoint:
+        """The endpoint serves again: back in rotation at once (clears cooldown, ejection,
+        quarantine, draining and models it had answered 404 for)."""
+        return self._core.registry.mark_ready(endpoint)
+
+    def mark_draining(self, endpoint: str | Endpoint) -> Endpoint:
+        """No new requests to this endpoint from now on; requests in flight on it finish."""
+        return self._core.registry.mark_draining(endpoint)
+
+    def mark_down(self, endpoint: str | Endpoint) -> Endpoint:
+        """The endpoint is not serving (starting, unreachable): no new requests until
+        :meth:`mark_ready`."""
+        return self._core.registry.mark_down(endpoint)
+
+    def mark_gone(self, endpoint: str | Endpoint) -> Endpoint:
+        """The endpoint left for good: removed (requests in flight on it finish)."""
+        return self._core.registry.mark_gone(endpoint)
+
+    def retire_group(self, group: str, *, reason: str | None = None) -> list[Endpoint]:
+        """Remove every endpoint of ``group`` at once (a retired network, a dropped broker).
+        Returns the removed endpoints; ``reason`` is logged once."""
+        removed = self._core.registry.retire_group(group)
+        if removed:
+            log.warning(
+                "retired %d endpoint(s) of group %s%s",
+                len(removed),
+                group,
+                f": {reason}" if reason else "",
+            )
+        return removed
 
     @property
     def endpoints(self) -> list[Endpoint]:
@@ -476,11 +590,20 @@ class _MuxBase:
 
         def on_update(snapshot: Any) -> None:
             ep = holder.get("ep")
-            if ep is None:
+            if ep is None or ep.removed:
                 return
             ep.external_load = snapshot.queue_depth
-            if not snapshot.ready:  # starting, draining or down: out of rotation until next poll
-                ep.health.until = max(ep.health.until, _time.monotonic() + interval)
+            if snapshot.ready:
+                # back from a restart: traffic now, not after an ejection runs out
+                # (its health report is newer than the failures that ejected it; a 429
+                # cooldown is the node's own word and is left to run out)
+                state = ep.health.state(_time.monotonic())
+                if ep.lifecycle != "active" or state in ("ejected", "probing"):
+                    self.mark_ready(ep)
+            elif snapshot.state == "draining":
+                self.mark_draining(ep)  # in-flight requests finish; no new ones
+            else:
+                self.mark_down(ep)  # starting or unreachable
 
         monitor = VllmNodeMonitor(
             url, health_url=health_url, interval=interval, on_update=on_update, api_key=api_key
@@ -787,8 +910,12 @@ class Multiplexer(_MuxBase):
         return build_from_config(cls, source)
 
     def run(self, coro: Any) -> Any:
-        """Run a coroutine on this Multiplexer's loop (for extensions with async APIs)."""
+        """Run a coroutine on this Multiplexer's loop and wait for it (for extensions with
+        async APIs; not from inside that loop)."""
         return self._portal.call(coro)
+
+    def _live_loop(self) -> asyncio.AbstractEventLoop | None:
+        return self._portal.loop  # started on first use
 
     def submit(
         self,

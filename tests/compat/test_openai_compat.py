@@ -373,9 +373,14 @@ async def test_models_list_same_ids(pair: Pair):
 
 _CLIENT_ERRORS: list[tuple[int, type[openai.APIStatusError], str]] = [
     (400, openai.BadRequestError, "invalid_value"),
+    (422, openai.UnprocessableEntityError, "unprocessable"),
+]
+# The endpoint's own faults (its credentials, a model it does not serve): another endpoint is
+# tried, so the error is the Multiplexer's (naming the endpoints), of the same openai class
+# and with the upstream's code.
+_ENDPOINT_ERRORS: list[tuple[int, type[openai.APIStatusError], str]] = [
     (403, openai.PermissionDeniedError, "forbidden"),
     (404, openai.NotFoundError, "not_found"),
-    (422, openai.UnprocessableEntityError, "unprocessable"),
 ]
 
 
@@ -395,6 +400,22 @@ async def test_client_errors_are_the_same_exception(
     assert via_mux.message == direct.message
     assert via_mux.body == direct.body
     assert pair.backend.request_count == 2  # a client error is never retried
+
+
+@pytest.mark.parametrize("stream", [False, True])
+@pytest.mark.parametrize(("status", "cls", "code"), _ENDPOINT_ERRORS)
+async def test_endpoint_errors_keep_the_openai_class(
+    pair: Pair, status: int, cls: type[Exception], code: str, stream: bool
+):
+    error = {"message": f"scripted {status}", "type": "invalid_request_error", "code": code}
+    direct, via_mux = await pair.errors(
+        Reply(status=status, error=error), model=MODEL, messages=MESSAGES, stream=stream
+    )
+    assert type(direct) is cls and isinstance(via_mux, cls)
+    assert via_mux.status_code == direct.status_code == status
+    assert via_mux.code == direct.code == code
+    assert "compat" in via_mux.message  # the endpoint is named
+    assert pair.backend.request_count == 2
 
 
 async def test_unknown_model_is_not_found(pair: Pair):

@@ -90,7 +90,7 @@ async def test_unknown_params_and_extra_body_pass_through(fleet):
 
 
 async def test_spreads_load_over_healthy_endpoints(fleet):
-    mux = mux_over(fleet["a"], fleet["b"], fleet["c"])
+    mux = mux_over(fleet["a"], fleet["b"], fleet["c"], hedging=None)
     await asyncio.gather(*(mux.chat.completions.create(model="m", messages=MSG) for _ in range(60)))
     counts = [served_by(fleet[n]) for n in "abc"]
     assert sum(counts) == 60 and min(counts) >= 5
@@ -169,13 +169,32 @@ async def test_all_rate_limited_raises_openai_rate_limit_error(fleet):
     await mux.aclose()
 
 
-async def test_non_retryable_errors_raise_at_once(fleet):
+async def test_the_callers_bad_request_is_raised_at_once(fleet):
+    """400/422 are the request's fault: one attempt, no failover, nobody's health changes.
+    The endpoint's own exception is raised (as the plain client would), naming the endpoint."""
+    for status, cls in [(400, openai.BadRequestError), (422, openai.UnprocessableEntityError)]:
+        fleet["a"].clear()
+        fleet["b"].clear()
+        fleet["a"].set_faults(Faults(status_errors={status: 1.0}))
+        fleet["b"].set_faults(Faults(status_errors={status: 1.0}))
+        mux = mux_over(fleet["a"], fleet["b"])
+        with pytest.raises(cls) as info:
+            await mux.chat.completions.create(model="m", messages=MSG)
+        assert type(info.value) is cls
+        assert info.value.endpoint in ("a", "b")
+        assert served_by(fleet["a"]) + served_by(fleet["b"]) == 1
+        assert all(e["state"] == "healthy" for e in mux.stats()["endpoints"].values())
+        await mux.aclose()
+
+
+async def test_endpoint_faults_fail_over_to_every_endpoint(fleet):
+    """401/403 (credentials) and 404 (model not served) are that endpoint's: all are tried."""
+    from gonka_mux import AllEndpointsUnauthorized
+
     for status, cls in [
-        (400, openai.BadRequestError),
-        (401, openai.AuthenticationError),
-        (403, openai.PermissionDeniedError),
-        (404, openai.NotFoundError),
-        (422, openai.UnprocessableEntityError),
+        (401, AllEndpointsUnauthorized),
+        (403, AllEndpointsUnauthorized),
+        (404, ModelNotFound),
     ]:
         fleet["a"].clear()
         fleet["b"].clear()
@@ -184,7 +203,7 @@ async def test_non_retryable_errors_raise_at_once(fleet):
         mux = mux_over(fleet["a"], fleet["b"])
         with pytest.raises(cls):
             await mux.chat.completions.create(model="m", messages=MSG)
-        assert served_by(fleet["a"]) + served_by(fleet["b"]) == 1
+        assert served_by(fleet["a"]) + served_by(fleet["b"]) == 2
         await mux.aclose()
 
 

@@ -43,10 +43,16 @@ def test_p2c_prefers_lower_latency_times_load():
     assert picks["slow"] == 50
 
 
-def test_p2c_weight_scales_score():
-    a, b = ep("a", cost=0.1, weight=1), ep("b", cost=0.15, weight=10)
+def test_p2c_weight_is_a_share_not_a_score_divisor():
+    # weight does not scale the score: a 3x slower endpoint loses whatever its weight
+    a, b = ep("a", cost=0.1, weight=1), ep("b", cost=0.3, weight=10)
+    assert b.score(0.1, 1.0) == pytest.approx(3 * a.score(0.1, 1.0))
     s = PowerOfTwoChoices(rng=random.Random(2))
-    assert Counter(s.select((a, b), 1.0, (), 0.1).name for _ in range(100)) == {"b": 100}
+    assert Counter(s.select((a, b), 1.0, (), 0.1).name for _ in range(100)) == {"a": 100}
+    # with equal latency the weights are shares: 1:3 gives about 25/75, not 0/100
+    a, b = ep("a", cost=0.1, weight=1), ep("b", cost=0.1, weight=3)
+    picks = Counter(s.select((a, b), 1.0, (), 0.1).name for _ in range(4000))
+    assert 0.72 < picks["b"] / 4000 < 0.78
 
 
 def test_p2c_external_load_is_a_load_signal():
@@ -173,7 +179,7 @@ def test_peak_ewma_jumps_up_and_decays_down():
     e.observe(0.1, 5.1)  # long after: mostly the new sample
     assert 0.1 < e.cost < 0.11
     e.observe_failure(0.001, 5.2, penalty=2.0)
-    assert e.current(5.2) == pytest.approx(e.cost + 2.0)  # a fast failure looks expensive
+    assert e.current(5.2) == pytest.approx(e.estimate(5.2) + 2.0)  # a fast failure looks slow
     assert e.current(15.2) < e.cost + 0.001  # and the penalty fades with time
     assert e.cost < 0.11  # failures are not latency samples
 

@@ -35,7 +35,7 @@ async def test_a_node_that_is_not_ready_is_taken_out_of_rotation(recorded_vllm: 
     ep = await mux.add_vllm_node(recorded_vllm.url, interval=0.05)
     assert mux.stats()["endpoints"][ep.name]["state"] == "healthy"
     recorded_vllm.health_status = 503
-    await _until(lambda: mux.stats()["endpoints"][ep.name]["state"] == "cooling")
+    await _until(lambda: mux.stats()["endpoints"][ep.name]["state"] == "down")
     recorded_vllm.health_status = 200
     await _until(lambda: mux.stats()["endpoints"][ep.name]["state"] == "healthy", timeout=5)
     await mux.aclose()

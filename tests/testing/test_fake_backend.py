@@ -633,6 +633,180 @@ def test_fault_validation_is_clear() -> None:
     )
 
 
+# =========================================================================== truncate and drip
+
+TRUNCATED_TEXT = "one two three four five six seven eight"
+
+
+def raw_post(
+    connection: http.client.HTTPConnection, path: str, body: Any
+) -> http.client.HTTPResponse:
+    payload = json.dumps(body).encode()
+    connection.request("POST", path, payload, {"content-type": "application/json"})
+    return connection.getresponse()
+
+
+@pytest.mark.parametrize("paced", [False, True])
+def test_truncate_ends_a_stream_cleanly_without_its_terminal_events(
+    fb: FakeBackend, paced: bool
+) -> None:
+    fb.set_faults(rate_truncate=1.0, inter_chunk=0.005 if paced else 0.0)
+    fb.set_replies([Reply(TRUNCATED_TEXT)])
+    chunks = stream_chunks(fb, stream_options={"include_usage": True})  # no error: a clean end
+    assert chunks and all(chunk.usage is None for chunk in chunks)
+    assert all(choice.finish_reason is None for chunk in chunks for choice in chunk.choices)
+    text = "".join(chunk.choices[0].delta.content or "" for chunk in chunks)
+    assert text and TRUNCATED_TEXT.startswith(text) and text != TRUNCATED_TEXT
+    assert fb.requests[-1].fault == "truncate"
+
+
+def test_truncate_on_the_wire_is_a_proper_chunked_end_and_keeps_the_connection(
+    fb: FakeBackend,
+) -> None:
+    fb.set_faults(rate_truncate=1.0)
+    fb.set_replies([Reply(TRUNCATED_TEXT)])
+    connection = http.client.HTTPConnection("127.0.0.1", fb.port, timeout=5)
+    try:
+        body = {"model": "fake-model", "messages": MESSAGES, "stream": True}
+        response = raw_post(connection, "/v1/chat/completions", body)
+        assert response.status == 200
+        assert response.getheader("transfer-encoding") == "chunked"
+        data = response.read()  # http.client raises IncompleteRead on a cut chunked body
+        assert data.startswith(b"data: ") and data.endswith(b"\n\n")
+        assert b"[DONE]" not in data and b'"finish_reason":"stop"' not in data
+        assert b'"content":"one' in data
+        fb.set_faults(Faults())  # the same keep-alive connection serves the next request
+        response = raw_post(connection, "/v1/chat/completions", body)
+        assert response.status == 200 and response.read().endswith(b"data: [DONE]\n\n")
+    finally:
+        connection.close()
+    assert fb.request_count == 2
+
+
+def test_truncate_leaves_json_replies_whole_and_cuts_legacy_streams(fb: FakeBackend) -> None:
+    fb.set_faults(rate_truncate=1.0)
+    fb.set_replies([Reply(TRUNCATED_TEXT)])
+    completion = chat(fb)
+    assert completion.choices[0].message.content == TRUNCATED_TEXT
+    assert completion.choices[0].finish_reason == "stop"
+    assert fb.requests[-1].fault == "truncate"  # drawn and recorded, but streams only
+    fb.set_replies([Reply(TRUNCATED_TEXT)])
+    with client(fb) as c:
+        pieces = list(c.completions.create(model="fake-model", prompt="hi", stream=True))
+    assert pieces and all(p.choices[0].finish_reason is None for p in pieces)
+    text = "".join(p.choices[0].text for p in pieces)
+    assert text and TRUNCATED_TEXT.startswith(text) and text != TRUNCATED_TEXT
+
+
+def test_truncate_keeps_content_for_a_one_word_reply(fb: FakeBackend) -> None:
+    fb.set_faults(rate_truncate=1.0)
+    fb.set_replies([Reply("x")])
+    chunks = stream_chunks(fb)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "x"
+    assert all(c.choices[0].finish_reason is None for c in chunks)
+
+
+def test_body_drip_sends_headers_at_once_then_the_body_in_pieces(fb: FakeBackend) -> None:
+    drip = 0.05
+    fb.set_faults(body_drip=drip)
+    connection = http.client.HTTPConnection("127.0.0.1", fb.port, timeout=5)
+    try:
+        started = time.monotonic()
+        response = raw_post(
+            connection, "/v1/chat/completions", {"model": "fake-model", "messages": MESSAGES}
+        )
+        headers_after = time.monotonic() - started
+        assert response.status == 200
+        length = int(response.getheader("content-length") or 0)
+        assert response.getheader("transfer-encoding") is None
+        pieces = []
+        while True:
+            piece = response.read1(65536)
+            if not piece:
+                break
+            pieces.append(piece)
+        elapsed = time.monotonic() - started
+    finally:
+        connection.close()
+    body = b"".join(pieces)
+    assert len(body) == length
+    assert json.loads(body)["object"] == "chat.completion"
+    assert 5 <= len(pieces) <= 10
+    assert elapsed >= 10 * drip * 0.9
+    assert headers_after < elapsed / 2
+
+
+def test_body_drip_never_trips_a_per_read_timeout(fb: FakeBackend) -> None:
+    fb.set_faults(body_drip=0.08)  # ~0.8 s in all, a piece every 0.08 s
+    started = time.monotonic()
+    with client(fb, timeout=0.5) as c:  # an httpx timeout is per read, not for the whole body
+        completion = c.chat.completions.create(model="fake-model", messages=MESSAGES)
+        assert completion.choices[0].message.content == "ok from fb"
+        embedding = c.embeddings.create(model="fake-model", input="hello")
+        assert len(embedding.data[0].embedding) == 8
+    assert time.monotonic() - started >= 2 * 10 * 0.08 * 0.9
+    fb.set_faults(body_drip=0.6)  # a piece every 0.6 s: now the per-read timeout fires
+    with pytest.raises(openai.APITimeoutError), client(fb, timeout=0.3) as c:
+        c.chat.completions.create(model="fake-model", messages=MESSAGES)
+
+
+def test_body_drip_leaves_streams_errors_and_get_routes_alone(fb: FakeBackend) -> None:
+    fb.set_faults(body_drip=5.0)  # were any of these dripped, the 1 s read timeout would fire
+    with client(fb, timeout=1.0) as c:
+        assert [m.id for m in c.models.list()] == ["fake-model"]
+        stream = c.chat.completions.create(model="fake-model", messages=MESSAGES, stream=True)
+        with stream:
+            assert "".join(ch.choices[0].delta.content or "" for ch in stream) == "ok from fb"
+        fb.set_faults(body_drip=5.0, rate_500=1.0)
+        with pytest.raises(openai.InternalServerError):
+            c.chat.completions.create(model="fake-model", messages=MESSAGES)
+        fb.set_faults(Faults(body_drip=5.0), rate_truncate=1.0)
+        fb.set_replies([Reply(status=429, error="scripted")])
+        with pytest.raises(openai.RateLimitError):
+            c.chat.completions.create(model="fake-model", messages=MESSAGES)
+
+
+async def test_body_drip_with_the_async_client() -> None:
+    async with FakeBackend(faults=Faults(body_drip=0.02)) as backend:
+        async with aclient(backend, timeout=0.5) as c:
+            completion = await c.chat.completions.create(model="fake-model", messages=MESSAGES)
+        assert completion.choices[0].message.content == f"ok from {backend.name}"
+
+
+def test_truncate_and_drip_fields_validate_round_trip_and_reach_control_and_cli(
+    fb: FakeBackend,
+) -> None:
+    with pytest.raises(ValueError, match="body_drip"):
+        Faults(body_drip=-1)
+    with pytest.raises(ValueError, match="body_drip"):
+        Faults(body_drip=float("inf"))
+    with pytest.raises(ValueError, match="rate_truncate"):
+        Faults(rate_truncate=2)
+    with pytest.raises(ValueError, match="add up to"):
+        Faults(rate_truncate=0.6, rate_drop_mid_stream=0.6)
+    faults = Faults(rate_truncate=0.25, body_drip=0.5, rate_500=0.25)
+    assert faults.to_dict()["rate_truncate"] == 0.25 and faults.to_dict()["body_drip"] == 0.5
+    assert Faults.from_dict(json.loads(json.dumps(faults.to_dict()))) == faults
+    assert Faults().replace(rate_truncate=1.0).rate_truncate == 1.0
+    assert Faults(0.1).latency == 0.1  # new fields come last: positional use is unchanged
+
+    status, body = control(fb, "POST", "/_fake/faults", {"rate_truncate": 1.0})
+    assert status == 200 and body["rate_truncate"] == 1.0 and body["body_drip"] == 0
+    status, body = control(fb, "POST", "/_fake/faults?merge=true", {"body_drip": 0.01})
+    assert status == 200 and body["rate_truncate"] == 1.0 and body["body_drip"] == 0.01
+    assert fb.faults == Faults(rate_truncate=1.0, body_drip=0.01)
+    assert control(fb, "GET", "/_fake/faults")[1]["body_drip"] == 0.01
+    status, error = control(fb, "POST", "/_fake/faults?merge=true", {"body_drip": -2})
+    assert status == 400 and "body_drip" in error["error"]["message"]
+
+    parser = fake_cli.build_parser()
+    args = parser.parse_args(["--rate-truncate", "0.5", "--body-drip", "0.2"])
+    assert fake_cli._faults(args) == Faults(rate_truncate=0.5, body_drip=0.2)
+    args = parser.parse_args(["--faults-json", '{"rate_truncate": 1, "body_drip": 0.3}'])
+    assert fake_cli._faults(args) == Faults(rate_truncate=1.0, body_drip=0.3)
+    assert fake_cli.main(["--body-drip", "-1"]) == 2
+
+
 # =========================================================================== auth, log, control
 
 

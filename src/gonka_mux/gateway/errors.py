@@ -101,7 +101,10 @@ def _classify(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
         except Exception:
             retry_after = None
     if isinstance(status, int) and 400 <= status <= 599:
-        if callable(to_dict) and type(exc).__module__.startswith("gonka_mux"):
+        from gonka_mux.errors import AllEndpointsUnauthorized
+
+        ours = callable(to_dict) and type(exc).__module__.startswith("gonka_mux")
+        if ours and not isinstance(exc, AllEndpointsUnauthorized):
             body = to_dict()
         elif status in (401, 403, 407):
             # The endpoint refused the gateway's own upstream credentials: not the caller's

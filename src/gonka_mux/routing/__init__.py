@@ -1,4 +1,4 @@
-"""Routing: selection strategies, endpoint health, retry budget and hedging (pure logic)."""
+"""Routing: strategies, endpoint health, retry budget, hedging, adaptive timeouts (pure logic)."""
 
 from .budget import RetryBudget
 from .ewma import PeakEwma
@@ -6,8 +6,10 @@ from .health import EndpointHealth, HealthPolicy
 from .hedging import HedgePolicy, LatencyWindow
 from .outcome import ErrorPolicy, Failure, parse_retry_after
 from .strategies import PowerOfTwoChoices, RoundRobin, Strategy, WeightedRandom, strategy_from_name
+from .timeouts import AdaptiveTimeout
 
 __all__ = [
+    "AdaptiveTimeout",
     "EndpointHealth",
     "ErrorPolicy",
     "Failure",

@@ -8,8 +8,13 @@ States, per endpoint:
   ``failure_cooldown * 2**(n-1)`` after the n-th consecutive failure, capped.
 - ``ejected``: after ``eject_after`` consecutive failures; out of rotation for
   ``ejection_time * 2**(k-1)`` after its k-th ejection in a row, capped.
-- ``probing``: an ejection has expired; exactly one request at a time may go through (the
-  half-open probe). Success makes the endpoint healthy, failure ejects it again for longer.
+- ``quarantined``: the endpoint refused our credentials (401/402/403): out of rotation for
+  ``quarantine_time`` (it will not fix itself soon), then probed like an ejected endpoint.
+- ``probing``: an ejection or quarantine has expired; exactly one request at a time may go
+  through (the half-open probe). Success makes the endpoint healthy, failure ejects it again
+  for longer.
+
+``reset()`` (what an endpoint source's "ready" does) clears every state at once.
 """
 
 from __future__ import annotations
@@ -28,11 +33,12 @@ class HealthPolicy:
     eject_after: int = 5
     ejection_time: float = 10.0
     max_ejection_time: float = 300.0
+    quarantine_time: float = 300.0
 
     def __post_init__(self) -> None:
         if self.eject_after < 1:
             raise ValueError("HealthPolicy.eject_after must be >= 1")
-        for name in ("failure_cooldown", "rate_limit_cooldown", "ejection_time"):
+        for name in ("failure_cooldown", "rate_limit_cooldown", "ejection_time", "quarantine_time"):
             if getattr(self, name) < 0:
                 raise ValueError(f"HealthPolicy.{name} must be >= 0")
 
@@ -44,6 +50,8 @@ class EndpointHealth:
         "ejections",
         "policy",
         "probe_inflight",
+        "quarantine_reason",
+        "quarantined_until",
         "until",
     )
 
@@ -54,9 +62,15 @@ class EndpointHealth:
         self.ejections = 0  # consecutive ejections, for the growing ejection time
         self.consecutive_failures = 0
         self.probe_inflight = False
+        self.quarantined_until = 0.0
+        self.quarantine_reason: str | None = None
 
     # -- queries --------------------------------------------------------------------------
     def state(self, now: float) -> str:
+        if self.quarantine_reason is not None:
+            if now < self.quarantined_until:
+                return "quarantined"
+            return "probing"
         if self.ejections:
             if now < self.ejected_until:
                 return "ejected"
@@ -66,12 +80,16 @@ class EndpointHealth:
         return "healthy"
 
     def selectable(self, now: float) -> bool:
+        if self.quarantine_reason is not None:
+            return now >= self.quarantined_until and not self.probe_inflight
         if self.ejections:
             return now >= self.ejected_until and not self.probe_inflight
         return now >= self.until
 
     def available_at(self, now: float) -> float:
         """When this endpoint can next be selected (``now`` if it can be now)."""
+        if self.quarantine_reason is not None:
+            return max(now, self.quarantined_until)
         if self.ejections:
             return max(now, self.ejected_until)
         return max(now, self.until)
@@ -79,12 +97,19 @@ class EndpointHealth:
     # -- transitions ----------------------------------------------------------------------
     def begin(self, now: float) -> bool:
         """Called when a request is sent; returns True if this request is the half-open probe."""
+        if self.quarantine_reason is not None:
+            if now >= self.quarantined_until:
+                self.probe_inflight = True
+                return True
+            return False
         if self.ejections and now >= self.ejected_until:
             self.probe_inflight = True
             return True
         return False
 
     def on_success(self) -> None:
+        self.quarantine_reason = None
+        self.quarantined_until = 0.0
         self.consecutive_failures = 0
         self.ejections = 0
         self.probe_inflight = False
@@ -113,6 +138,15 @@ class EndpointHealth:
                 p.failure_cooldown * 2 ** (self.consecutive_failures - 1), p.max_failure_cooldown
             )
             self.until = max(self.until, now + span)
+
+    def quarantine(self, now: float, reason: str) -> bool:
+        """Out of rotation for ``quarantine_time``: our credentials were refused. Returns True
+        when the endpoint was not quarantined already (so the caller logs it once)."""
+        first = self.quarantine_reason is None
+        self.quarantine_reason = reason
+        self.probe_inflight = False
+        self.quarantined_until = now + self.policy.quarantine_time
+        return first
 
     def on_abandoned(self) -> None:
         """The request was cancelled (a lost hedge, a caller gone) before an answer."""

@@ -1,13 +1,46 @@
-"""What an upstream failure means for routing: retry elsewhere or not, and the endpoint's fate."""
+"""What an upstream failure means for routing: whose fault it is, and what the router does.
+
+Every failed attempt is put in exactly one :class:`Fault` class, decided here and nowhere else:
+
+=============  ==========================================  =====================================
+fault          examples                                    what the Multiplexer does
+=============  ==========================================  =====================================
+caller         a 400/413/422 any endpoint would give       raise at once; no endpoint's health
+                                                           changes
+credentials    401, 403, 402 (this endpoint's key or       quarantine the endpoint (long
+               account)                                    cooldown), log once, fail over
+transient      429, 408/409, 5xx, connect errors,          cooldown/ejection (429 honours
+               timeouts, truncated or malformed replies    Retry-After), fail over
+gone           404 for the model, 410                      out of rotation until its source
+                                                           marks it ready again; fail over
+=============  ==========================================  =====================================
+
+The caller's own malformed parameters never reach this module: they are refused before the
+first attempt (``gonka_mux._validate``). The caller's deadline is decided by the pipeline.
+"""
 
 from __future__ import annotations
 
 import email.utils
+import enum
 import time
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["ErrorPolicy", "Failure", "parse_retry_after"]
+__all__ = ["ErrorPolicy", "Failure", "Fault", "parse_retry_after"]
+
+
+class Fault(str, enum.Enum):
+    """Whose fault a failed attempt is (see the module docstring for what follows from each)."""
+
+    CALLER = "caller"
+    CREDENTIALS = "credentials"
+    TRANSIENT = "transient"
+    GONE = "gone"
+    DEADLINE = "deadline"
+
+
+_TRANSIENT_KINDS = frozenset({"rate_limited", "server_error", "timeout", "connection", "malformed"})
 
 _CONTEXT_MARKERS = (
     "context_length_exceeded",
@@ -42,7 +75,9 @@ class Failure:
     """A classified failed attempt.
 
     ``kind`` is one of: rate_limited, server_error, timeout, connection, malformed,
-    client_error, context_length, auth, payment, gone.
+    client_error, context_length, auth, payment, gone. ``fault`` says whose fault it is; when
+    a policy does not say, it follows from ``kind`` (auth/payment: credentials; gone or
+    ``remove_endpoint``: gone; client_error/context_length: caller unless retryable).
     """
 
     kind: str
@@ -54,6 +89,25 @@ class Failure:
     remove_endpoint: bool = False
     body: str | None = None  # the upstream body, for the deterministic-failure check
     message: str = ""
+    fault: Fault | None = None
+
+    def __post_init__(self) -> None:
+        if self.fault is None:
+            self.fault = _fault_of(self)
+
+
+def _fault_of(failure: Failure) -> Fault:
+    kind = failure.kind
+    if kind in _TRANSIENT_KINDS:
+        return Fault.TRANSIENT
+    if failure.remove_endpoint or kind == "gone":
+        return Fault.GONE
+    if kind in ("auth", "payment"):
+        return Fault.CREDENTIALS
+    if kind in ("client_error", "context_length"):
+        # a retryable client error (a stale signature timestamp) is the endpoint's business
+        return Fault.TRANSIENT if failure.retryable else Fault.CALLER
+    return Fault.TRANSIENT
 
 
 def _body_text(exc: Any) -> str | None:
@@ -68,11 +122,14 @@ def _body_text(exc: Any) -> str | None:
 
 
 class ErrorPolicy:
-    """Default mapping of openai exceptions to routing decisions.
+    """Default mapping of openai exceptions to routing decisions (the table above).
 
-    Retryable (another endpoint is tried): 429, 408, 409, 5xx, connection errors, timeouts and
-    malformed responses. Not retryable: other 4xx. A context-length 400 is its own kind so the
-    router can send it to a larger-context fallback model.
+    Retryable (another endpoint is tried): 429, 408, 409, 5xx, connection errors, timeouts,
+    malformed responses, 401/402/403 (that endpoint's credentials), 404/410 (that endpoint
+    does not serve the model any more) and any other 4xx we do not know (assume it is that
+    endpoint's, not the world's). Not retryable: 400, 413, 422 -- the request itself is wrong.
+    A context-length 400 is its own kind so the router can send it to a larger-context
+    fallback model.
     Subclass it for networks with their own error semantics (see ``gonka_mux.gonka``).
     """
 
@@ -123,24 +180,45 @@ class ErrorPolicy:
             )
         if status in (401, 403):
             return Failure(
-                "auth", status, False, exc, penalize=False, body=body, message=f"HTTP {status}"
+                "auth",
+                status,
+                True,
+                exc,
+                penalize=False,
+                body=body,
+                message=f"HTTP {status}: credentials refused",
+                fault=Fault.CREDENTIALS,
             )
         if status == 402:
             return Failure(
-                "payment", status, False, exc, penalize=False, body=body, message="payment required"
+                "payment",
+                status,
+                True,
+                exc,
+                penalize=False,
+                body=body,
+                message="HTTP 402: payment required",
+                fault=Fault.CREDENTIALS,
             )
-        if status == 410:
+        if status in (404, 410):
+            what = "model not served (404)" if status == 404 else "endpoint gone (410)"
             return Failure(
-                "gone",
+                "gone", status, True, exc, penalize=False, body=body, message=what, fault=Fault.GONE
+            )
+        if status in (400, 413, 422):
+            return Failure(
+                "client_error",
                 status,
                 False,
                 exc,
-                remove_endpoint=True,
+                penalize=False,
                 body=body,
-                message="endpoint gone (410)",
+                message=f"HTTP {status}",
+                fault=Fault.CALLER,
             )
+        # An unknown 4xx: assume it is that endpoint's problem, not the request's.
         return Failure(
-            "client_error", status, False, exc, penalize=False, body=body, message=f"HTTP {status}"
+            "server_error", status, True, exc, body=body, message=f"HTTP {status}"
         )
 
 

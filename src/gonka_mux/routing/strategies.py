@@ -2,15 +2,17 @@
 
 Every strategy picks among the endpoints of one tier of one model pool, skipping endpoints that
 are not selectable now (cooling, ejected, full, removed) or already tried for this request.
-Selection is O(1) in the pool size on the common path (random sampling with rejection), with a
-linear scan only when most of the pool is unavailable, so a pool of 1,000 Gonka participants
-costs the same as a pool of 3.
+Selection is O(log n) in the pool size on the common path (weighted random sampling with
+rejection), with a linear scan only when most of the pool is unavailable, so a pool of 1,000
+Gonka participants costs about the same as a pool of 3. Weights are shares: at light load and
+equal latency, an endpoint of weight 3 gets three times the requests of one of weight 1.
 """
 
 from __future__ import annotations
 
-import bisect
+import math
 import random
+from bisect import bisect_right
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
@@ -27,6 +29,11 @@ __all__ = [
 ]
 
 _SAMPLE_TRIES = 6
+# Absolute slack (seconds) added to the tolerance band, so scores of 0 (endpoints not yet
+# measured) and float noise around them compare as equal.
+_SLACK = 1e-6
+# Pools (model x tier) whose weight prefix sums a strategy keeps.
+_PREFIX_CACHE_SIZE = 64
 
 
 class Strategy(Protocol):
@@ -49,51 +56,111 @@ def _scan(endpoints: Sequence[Endpoint], now: float, exclude: Collection[Endpoin
     return [ep for ep in endpoints if _ok(ep, now, exclude)]
 
 
+class _WeightPrefix:
+    """Prefix sums of weights, cached per pool.
+
+    Pools are immutable tuples that the multiplexer replaces whenever an endpoint or a weight
+    changes, so a tuple's identity is the cache key (each entry holds its tuple, so the id
+    cannot be reused by another one while cached). A weighted draw is then one ``random()``
+    and a bisect. One strategy serves every pool (each model's primary and fallback tier), so
+    the cache keeps one entry per pool, not just the last one: requests alternating between
+    two models would otherwise rebuild the sums of a 1,000-endpoint pool on every selection.
+    Each entry is one tuple, assigned at once, so a concurrent caller never sees the sums of
+    one pool paired with another.
+    """
+
+    _last: tuple[object, list[float]]
+    _prefixes: dict[int, tuple[object, list[float]]]
+
+    def _prefix(self, endpoints: Sequence[Endpoint]) -> list[float]:
+        last = self._last
+        if last[0] is endpoints:
+            return last[1]
+        entry = self._prefixes.get(id(endpoints))
+        if entry is None or entry[0] is not endpoints:
+            total = 0.0
+            cum = []
+            for ep in endpoints:
+                total += ep.weight
+                cum.append(total)
+            if len(self._prefixes) >= _PREFIX_CACHE_SIZE:
+                self._prefixes = {}  # replaced pools pile up here; drop them all at once
+            entry = (endpoints, cum)
+            self._prefixes[id(endpoints)] = entry
+        self._last = entry
+        return entry[1]
+
+
 @dataclass
-class PowerOfTwoChoices:
-    """Pick two endpoints at random, send to the one with the lower load score.
+class PowerOfTwoChoices(_WeightPrefix):
+    """Least loaded by peak-EWMA cost, with weights as shares among equals.
 
-    Score = peak-EWMA latency x (in-flight + external load + 1) / weight (see
-    ``Endpoint.score``). Failures add a fading penalty to the latency estimate, so a
-    fast-failing endpoint looks slow.
+    Score = decayed peak-EWMA latency (plus a fading failure penalty) x (in-flight + external
+    load + 1), see ``Endpoint.score``. Weight is not in the score: Gonka weights are the
+    participants' compute, so when latencies are equal and load is light the *shares* must
+    follow the weights, which no "lowest score wins" rule gives (the lowest score, however
+    it is scaled, takes everything at light load). Scores within ``tolerance`` of each other
+    (``score <= best * (1 + tolerance)``, plus a microsecond of slack) count as equal, and
+    among equals the draw is proportional to weight.
 
-    Pools of at most ``full_scan_below`` endpoints are scanned whole and the best score wins
-    (ties broken at random): with few endpoints two random picks are often both bad (4 bad
-    endpoints out of 8 give a bad pair 21% of the time), and scanning a handful of endpoints costs
-    less than the retry a bad pick leads to. Large pools (the Gonka network's hundreds of
-    participants) keep O(1) random sampling.
+    ``tolerance`` (default 0.5) should stay below 1: then an endpoint with one request in flight
+    (score 2x) loses to an equal idle one, and an endpoint 2x slower, or carrying the default
+    1 s failure penalty on top of a sub-second latency, stays out; while equal endpoints whose
+    estimates differ by measurement noise or a little decay (up to 1.5x) still share by weight.
+    The price: at high load in-flight counts may drift up to ~1.5x apart before the score
+    corrects them, and a penalty small next to the latency (1 s on a 5 s generation) is within
+    the band (health cooldowns still take a failing endpoint out). 0 gives plain "lowest score
+    wins", with the weight only breaking exact ties.
+
+    Pools of at most ``full_scan_below`` endpoints are scanned whole: the band is taken over
+    all selectable endpoints (with few endpoints two random picks are often both bad, and
+    scanning a handful costs less than the retry a bad pick leads to). Large pools (the Gonka
+    network's hundreds of participants) use weighted power-of-two-choices: two candidates
+    drawn with probability proportional to weight (O(log n) with cached prefix sums); the
+    first one wins unless the second is better by more than the tolerance. Since the first
+    draw is itself weighted, equal scores give exactly weight-proportional shares.
     """
 
     rng: random.Random = field(default_factory=random.Random, repr=False)
     full_scan_below: int = 16
+    tolerance: float = 0.5
     name: str = "p2c"
+    _last: tuple[object, list[float]] = field(default=(None, []), init=False, repr=False)
+    _prefixes: dict[int, tuple[object, list[float]]] = field(
+        default_factory=dict, init=False, repr=False
+    )
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.tolerance < math.inf:
+            raise ValueError(f"PowerOfTwoChoices.tolerance must be >= 0 (got {self.tolerance!r})")
+        if self.full_scan_below < 0:
+            raise ValueError(
+                f"PowerOfTwoChoices.full_scan_below must be >= 0 (got {self.full_scan_below!r})"
+            )
 
     def select(self, endpoints, now, exclude, default_cost):
         n = len(endpoints)
         if n == 0:
             return None
-        rand = self.rng.random
         if n <= self.full_scan_below:
-            best = None
-            best_score = 0.0
-            start = int(rand() * n)
-            for k in range(n):
-                ep = endpoints[(start + k) % n]
-                if not _ok(ep, now, exclude):
-                    continue
-                score = ep.score(default_cost, now)
-                if best is None or score < best_score:
-                    best, best_score = ep, score
-            return best
+            return self._scan_select(endpoints, now, exclude, default_cost)
+        rand = self.rng.random
+        cached = self._last  # _prefix's fast path, inlined
+        cum = cached[1] if cached[0] is endpoints else self._prefix(endpoints)
+        total = cum[-1]
+        last = n - 1
         first = None
         for _ in range(_SAMPLE_TRIES):
-            ep = endpoints[int(rand() * n)]
-            if ep is first or not _ok(ep, now, exclude):
+            i = bisect_right(cum, rand() * total)
+            ep = endpoints[i if i < last else last]
+            if ep is first or ep in exclude or not ep.selectable(now):
                 continue
             if first is None:
                 first = ep
                 continue
-            return first if first.score(default_cost, now) <= ep.score(default_cost, now) else ep
+            # _pick inlined: this is the path of nearly every selection in a large pool
+            limit = ep.score(default_cost, now) * (1.0 + self.tolerance) + _SLACK
+            return first if first.score(default_cost, now) <= limit else ep
         if first is not None:
             return first
         live = _scan(endpoints, now, exclude)
@@ -101,31 +168,54 @@ class PowerOfTwoChoices:
             return None
         if len(live) == 1:
             return live[0]
-        a = live[int(rand() * len(live))]
-        b = live[int(rand() * len(live))]
-        return a if a.score(default_cost, now) <= b.score(default_cost, now) else b
+        a, b = self.rng.choices(live, weights=[e.weight for e in live], k=2)
+        return self._pick(a, b, now, default_cost)
+
+    def _pick(self, a: Endpoint, b: Endpoint, now: float, default_cost: float) -> Endpoint:
+        """``a`` unless ``b`` scores better by more than the tolerance band."""
+        sa = a.score(default_cost, now)
+        sb = b.score(default_cost, now)
+        return a if sa <= sb * (1.0 + self.tolerance) + _SLACK else b
+
+    def _scan_select(self, endpoints, now, exclude, default_cost):
+        live = []
+        best = math.inf
+        for ep in endpoints:
+            if ep in exclude or not ep.selectable(now):
+                continue
+            s = ep.score(default_cost, now)
+            live.append((s, ep))
+            if s < best:
+                best = s
+        if len(live) <= 1:
+            return live[0][1] if live else None
+        limit = best * (1.0 + self.tolerance) + _SLACK
+        band = []
+        total = 0.0
+        for s, ep in live:
+            if s <= limit:
+                band.append(ep)
+                total += ep.weight
+        if len(band) == 1:
+            return band[0]
+        r = self.rng.random() * total
+        for ep in band:
+            r -= ep.weight
+            if r < 0:
+                return ep
+        return band[-1]  # float rounding left r at 0
 
 
 @dataclass
-class WeightedRandom:
+class WeightedRandom(_WeightPrefix):
     """Pick an endpoint with probability proportional to its weight (multiplexer-llm's rule)."""
 
     rng: random.Random = field(default_factory=random.Random, repr=False)
     name: str = "weighted_random"
-    _cache_key: int = field(default=0, init=False, repr=False)
-    _cache_for: object = field(default=None, init=False, repr=False)
-    _cumulative: list[float] = field(default_factory=list, init=False, repr=False)
-
-    def _prefix(self, endpoints: Sequence[Endpoint]) -> list[float]:
-        if self._cache_for is not endpoints:
-            total = 0.0
-            cum = []
-            for ep in endpoints:
-                total += ep.weight
-                cum.append(total)
-            self._cumulative = cum
-            self._cache_for = endpoints
-        return self._cumulative
+    _last: tuple[object, list[float]] = field(default=(None, []), init=False, repr=False)
+    _prefixes: dict[int, tuple[object, list[float]]] = field(
+        default_factory=dict, init=False, repr=False
+    )
 
     def select(self, endpoints, now, exclude, default_cost):
         n = len(endpoints)
@@ -134,7 +224,7 @@ class WeightedRandom:
         cum = self._prefix(endpoints)
         total = cum[-1]
         for _ in range(_SAMPLE_TRIES):
-            i = bisect.bisect_right(cum, self.rng.random() * total)
+            i = bisect_right(cum, self.rng.random() * total)
             ep = endpoints[min(i, n - 1)]
             if _ok(ep, now, exclude):
                 return ep

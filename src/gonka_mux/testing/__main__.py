@@ -57,6 +57,18 @@ def build_parser(prog: str = "python -m gonka_mux.testing") -> argparse.Argument
     )
     faults.add_argument("--rate-malformed", type=float, default=0.0, help="200 with invalid JSON")
     faults.add_argument(
+        "--rate-truncate",
+        type=float,
+        default=0.0,
+        help="a stream ends cleanly halfway, with no finish_reason and no [DONE]",
+    )
+    faults.add_argument(
+        "--body-drip",
+        type=float,
+        default=0.0,
+        help="send a JSON reply's body in ~10 pieces, this many seconds apart",
+    )
+    faults.add_argument(
         "--faults-json", help="a JSON object of Faults fields (applied before the flags above)"
     )
     parser.add_argument("--replies-json", help="a JSON array of scripted replies")
@@ -79,6 +91,8 @@ def _faults(args: argparse.Namespace) -> Faults:
         "rate_drop_before": args.rate_drop,
         "rate_drop_mid_stream": args.rate_drop_mid_stream,
         "rate_malformed": args.rate_malformed,
+        "rate_truncate": args.rate_truncate,
+        "body_drip": args.body_drip,
     }
     defaults = Faults()
     base.update({k: v for k, v in flags.items() if v != getattr(defaults, k)})

@@ -217,10 +217,24 @@ class Faults:
     answer; ends when the client disconnects or the server stops), ``rate_drop_before`` (close
     the socket before any response), ``rate_drop_mid_stream`` (a stream sends about half its
     chunks then the socket closes; a JSON reply sends its headers and half its body),
-    ``rate_malformed`` (200 with an invalid JSON body, or an invalid SSE event), and each
+    ``rate_malformed`` (200 with an invalid JSON body, or an invalid SSE event),
+    ``rate_truncate`` (a stream sends about half of its content chunks and then ends CLEANLY --
+    the chunked body is properly terminated and the connection stays usable -- with no
+    ``finish_reason`` chunk, no usage chunk and no ``data: [DONE]``: what a client sees when an
+    upstream proxy or server gives up quietly; it affects streams only, a JSON reply is sent
+    whole, though the request is still recorded with ``fault="truncate"``), and each
     :class:`StatusError` in ``status_errors`` (``{503: 0.1}`` is short for
     ``[StatusError(503, 0.1)]``). ``down=True`` drops every request (control routes excepted) and
     closes the connections open when it is set.
+
+    ``body_drip`` (seconds, default 0): a non-streamed 2xx reply to a ``POST /v1/...`` request
+    (chat, text completion, embeddings) sends its headers at once (after ``latency``) and then
+    its body in about 10 pieces, waiting ``body_drip`` seconds before each piece: every read
+    gets bytes well within a per-read timeout, but the whole body takes ``10 * body_drip``.
+    Streams are paced by ``ttft``/``inter_chunk`` instead; errors and ``GET`` routes are not
+    dripped.
+
+    New fields are added at the end, so positional construction keeps its meaning.
     """
 
     latency: float = 0.0
@@ -236,9 +250,11 @@ class Faults:
     rate_malformed: float = 0.0
     down: bool = False
     status_errors: Sequence[StatusError] | Mapping[int, float] | None = None
+    rate_truncate: float = 0.0
+    body_drip: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("latency", "jitter", "ttft", "inter_chunk"):
+        for name in ("latency", "jitter", "ttft", "inter_chunk", "body_drip"):
             _check_delay(f"Faults.{name}", getattr(self, name))
         if self.retry_after is not None:
             _check_delay("Faults.retry_after", self.retry_after)
@@ -289,6 +305,7 @@ _RATE_FIELDS = (
     "rate_drop_before",
     "rate_drop_mid_stream",
     "rate_malformed",
+    "rate_truncate",  # last: a seeded draw over the older rates is unchanged
 )
 _FAULT_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Faults)}
 
@@ -334,7 +351,7 @@ class RecordedRequest:
     ``headers`` is case-insensitive; ``json`` is the parsed body (``None`` if not JSON);
     ``time`` is ``time.time()`` on arrival; ``fault`` names the injected outcome, if any
     (``"429"``, ``"500"``, ``"hang"``, ``"drop_before"``, ``"drop_mid_stream"``, ``"malformed"``,
-    ``"status_503"``, ``"down"``, ``"unauthorized"``).
+    ``"truncate"``, ``"status_503"``, ``"down"``, ``"unauthorized"``).
     """
 
     method: str
@@ -527,19 +544,38 @@ def _interleave(per_choice: list[list[dict[str, Any]]]) -> Iterator[tuple[int, d
 
 
 class _EventStream:
-    """SSE events paced by ``ttft``/``inter_chunk``, optionally cut or corrupted (faults)."""
+    """SSE events paced by ``ttft``/``inter_chunk``, optionally cut or corrupted (faults).
 
-    def __init__(self, events: list[bytes], ttft: float, inter_chunk: float) -> None:
+    ``body_events``: how many events carry deltas (the rest -- finish_reason chunks, the usage
+    chunk, ``[DONE]`` -- are the stream's terminal events). ``cut_after`` closes the socket after
+    that many events; ``truncate_after`` ends the body cleanly after that many.
+    """
+
+    def __init__(
+        self,
+        events: list[bytes],
+        ttft: float,
+        inter_chunk: float,
+        body_events: int | None = None,
+    ) -> None:
         self.events = events
         self.ttft = ttft
         self.inter_chunk = inter_chunk
+        self.body_events = len(events) if body_events is None else body_events
         self.cut_after: int | None = None
         self.malformed_at: int | None = None
+        self.truncate_after: int | None = None
+
+    def truncate(self) -> None:
+        """End cleanly after about half of the delta events (at least one content event)."""
+        self.truncate_after = min(self.body_events, max(2, self.body_events // 2))
 
     async def __aiter__(self) -> Any:
         events = self.events
         if self.malformed_at is not None:
             events = [*events[: self.malformed_at], _MALFORMED_EVENT]
+        if self.truncate_after is not None:
+            events = events[: self.truncate_after]  # then a clean end of the body
         if not self.ttft and not self.inter_chunk:
             # no pacing: one write; the client still sees every SSE event
             if self.cut_after is None:
@@ -559,6 +595,17 @@ class _EventStream:
 async def _truncated(body: bytes) -> Any:
     yield body[: max(1, len(body) // 2)]
     raise Abort
+
+
+_DRIP_PIECES = 10
+
+
+async def _dripped(body: bytes, drip: float) -> Any:
+    """``body`` in about ``_DRIP_PIECES`` pieces, waiting ``drip`` seconds before each."""
+    size = max(1, math.ceil(len(body) / _DRIP_PIECES))
+    for start in range(0, len(body), size):
+        await asyncio.sleep(drip)
+        yield body[start : start + size]
 
 
 def _embedding(text: str, model: str, dimensions: int) -> list[float]:
@@ -876,7 +923,7 @@ class FakeBackend:
             )
         fault, status_error = self._draw(faults)
         recorded = self._record(request, fault)
-        if fault is None or fault in ("drop_mid_stream", "malformed"):
+        if fault is None or fault in ("drop_mid_stream", "malformed", "truncate"):
             delay = faults.latency + (faults.jitter * self._rng.random() if faults.jitter else 0)
             if delay:
                 await asyncio.sleep(delay)
@@ -913,8 +960,23 @@ class FakeBackend:
         _RECORDED.set(recorded)
         response = await self._router(request)
         if fault is not None and 200 <= response.status < 300:
-            return self._corrupt(response, fault)
+            response = self._corrupt(response, fault)
+        if (
+            faults.body_drip
+            and isinstance(response, Response)
+            and request.method == "POST"
+            and 200 <= response.status < 300
+        ):
+            response = self._drip(response, faults.body_drip)
         return response
+
+    @staticmethod
+    def _drip(response: Response, drip: float) -> StreamingResponse:
+        headers = [
+            *[(k, v) for k, v in response.headers if k.lower() != "content-length"],
+            ("content-length", str(len(response.body))),  # a plain body, just slow
+        ]
+        return StreamingResponse(_dripped(response.body, drip), response.status, headers, None)
 
     def _authorized(self, request: Request) -> bool:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
@@ -965,9 +1027,13 @@ class FakeBackend:
             if isinstance(stream, _EventStream):
                 if fault == "malformed":
                     stream.malformed_at = 1
+                elif fault == "truncate":
+                    stream.truncate()
                 else:
                     stream.cut_after = max(2, len(stream.events) // 2)
             return response
+        if fault == "truncate":
+            return response  # streams only: a JSON reply is sent whole
         if fault == "malformed":
             return Response(response.body[: len(response.body) // 2], 200, None, "application/json")
         headers = [
@@ -1090,10 +1156,12 @@ class FakeBackend:
         options = body.get("stream_options")
         return isinstance(options, dict) and bool(options.get("include_usage"))
 
-    def _stream(self, events: list[bytes], headers: Mapping[str, str] | None) -> StreamingResponse:
+    def _stream(
+        self, events: list[bytes], headers: Mapping[str, str] | None, body_events: int
+    ) -> StreamingResponse:
         faults = self._faults
         return StreamingResponse(
-            _EventStream(events, faults.ttft, faults.inter_chunk), 200, headers
+            _EventStream(events, faults.ttft, faults.inter_chunk, body_events), 200, headers
         )
 
     async def _chat(self, request: Request) -> Response | StreamingResponse:
@@ -1131,11 +1199,12 @@ class FakeBackend:
             base["usage"] = None  # as OpenAI: every chunk has the key, only the last a value
         steps = _interleave([answer.deltas()] * n)
         events = [_sse({**base, "choices": [_choice(i, "delta", d, None)]}) for i, d in steps]
+        body_events = len(events)
         events += [_sse({**base, "choices": [_choice(i, "delta", {}, finish)]}) for i in range(n)]
         if include_usage:
             events.append(_sse({**base, "choices": [], "usage": usage}))
         events.append(_SSE_DONE)
-        return self._stream(events, reply.headers)
+        return self._stream(events, reply.headers, body_events)
 
     async def _completions(self, request: Request) -> Response | StreamingResponse:
         body = self._body(request)
@@ -1178,11 +1247,12 @@ class FakeBackend:
         base = {**identity, "usage": None} if include_usage else identity
         steps = _interleave([_split_text(text) or [""]] * count)
         events = [_sse({**base, "choices": [_text_choice(i, piece, None)]}) for i, piece in steps]
+        body_events = len(events)
         events += [_sse({**base, "choices": [_text_choice(i, "", finish)]}) for i in range(count)]
         if include_usage:
             events.append(_sse({**base, "choices": [], "usage": usage}))
         events.append(_SSE_DONE)
-        return self._stream(events, reply.headers)
+        return self._stream(events, reply.headers, body_events)
 
     async def _embeddings(self, request: Request) -> Response:
         body = self._body(request)
