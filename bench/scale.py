@@ -11,17 +11,18 @@ ONE fake backend in a child process so the server does not share this process's 
 of 1,000 is measured twice: on 1,000 distinct origins (127.0.x.y, so 1,000 connection pools and
 1,000 sockets; the backend binds 0.0.0.0 for that, for the few seconds of the run) and on one
 origin (1,000 base URLs on the same host:port). Baseline and candidate alternate in short blocks
-(ABBA) because machines are noisy; the verdict is the median of the per-round ratios. Client CPU
-per request (this process only, the backend is a child) is printed too: it is the steadier
-number on a busy machine.
+(1 s: shorter than the 5 s keep-alive expiry, so the pool of 1,000 keeps its connections while
+the pool of one runs) because machines are noisy; the verdict is the median of the ratios of
+adjacent blocks. Client CPU per request (this process only, the backend is a child) is printed
+too: it is the steadier number on a busy machine.
 
 ``--clients shared,per-endpoint,one-pool`` repeats the end-to-end part with the endpoints built
 each way: ``per-endpoint`` is how they were built before ``_clients`` (one SDK client, HTTP client
 and SSL context each), ``one-pool`` shares one plain SDK HTTP client (one connection pool for all
 origins) -- the two alternatives the shared per-origin design is measured against.
 
-Run: python bench/scale.py [--e2e-only | --skip-e2e] [--clients shared] [--requests 1000]
-[--rounds 4] [--concurrency 32]
+Run: python bench/scale.py [--e2e-only | --skip-e2e] [--clients shared] [--seconds 1]
+[--rounds 8] [--concurrency 32]
 """
 
 from __future__ import annotations
@@ -121,20 +122,24 @@ async def time_adds(urls: list[str], mode: str) -> tuple[float, float]:
 
 
 async def closed_loop(
-    mux: AsyncMultiplexer, requests: int, concurrency: int
-) -> tuple[float, float]:
-    """Run ``requests`` chat completions from ``concurrency`` workers; (wall s, client CPU s)."""
+    mux: AsyncMultiplexer, concurrency: int, *, requests: int = 0, seconds: float = 0.0
+) -> tuple[int, float, float]:
+    """Chat completions from ``concurrency`` workers, ``requests`` of them or for ``seconds``;
+    returns (requests done, wall s, client CPU s)."""
     remaining = requests
+    done = 0
+    c0, t0 = time.process_time(), time.perf_counter()
+    deadline = t0 + seconds
 
     async def worker() -> None:
-        nonlocal remaining
-        while remaining > 0:
+        nonlocal remaining, done
+        while (remaining > 0) if requests else (time.perf_counter() < deadline):
             remaining -= 1
             await mux.chat.completions.create(model="m", messages=MSG, max_tokens=4)
+            done += 1
 
-    c0, t0 = time.process_time(), time.perf_counter()
     await asyncio.gather(*(worker() for _ in range(concurrency)))
-    return time.perf_counter() - t0, time.process_time() - c0
+    return done, time.perf_counter() - t0, time.process_time() - c0
 
 
 async def warm_up(mux: AsyncMultiplexer, concurrency: int) -> None:
@@ -147,37 +152,42 @@ async def warm_up(mux: AsyncMultiplexer, concurrency: int) -> None:
                 for name in names[i : i + concurrency]
             )
         )
-    await closed_loop(mux, 300, concurrency)
+    await closed_loop(mux, concurrency, requests=300)
 
 
 async def compare(
-    base: AsyncMultiplexer, cand: AsyncMultiplexer, requests: int, rounds: int, concurrency: int
+    base: AsyncMultiplexer, cand: AsyncMultiplexer, seconds: float, rounds: int, concurrency: int
 ) -> dict[str, float]:
-    """ABBA blocks of ``requests``; returns rps and CPU per request of each, and the ratios."""
+    """Alternating blocks of ``seconds`` (base, cand, base, cand, ...): short, so that neither
+    pool's connections pass their 5 s keep-alive expiry while the other one runs (the target
+    is about endpoints already used). Returns rps and CPU per request of each, the ratios of
+    each adjacent pair of blocks, and the requests done."""
     ratios: list[float] = []
-    total = {"base": [0.0, 0.0], "cand": [0.0, 0.0]}
-    for r in range(rounds):
-        order = (("base", base), ("cand", cand)) if r % 2 == 0 else (("cand", cand), ("base", base))
-        rps: dict[str, float] = {}
-        for label, mux in order:
-            wall, cpu = await closed_loop(mux, requests, concurrency)
-            rps[label] = requests / wall
-            total[label][0] += wall
-            total[label][1] += cpu
-        ratios.append(rps["cand"] / rps["base"])
-    n = requests * rounds
+    total = {"base": [0, 0.0, 0.0], "cand": [0, 0.0, 0.0]}
+    previous: float | None = None
+    for _ in range(rounds):
+        for label, mux in (("base", base), ("cand", cand)):
+            done, wall, cpu = await closed_loop(mux, concurrency, seconds=seconds)
+            total[label][0] += done
+            total[label][1] += wall
+            total[label][2] += cpu
+            rps = done / wall
+            if previous is not None:  # every adjacent pair, both orders: drift cancels
+                ratios.append(rps / previous if label == "cand" else previous / rps)
+            previous = rps
     return {
-        "base_rps": n / total["base"][0],
-        "cand_rps": n / total["cand"][0],
-        "base_cpu_us": total["base"][1] / n * 1e6,
-        "cand_cpu_us": total["cand"][1] / n * 1e6,
+        "requests": total["cand"][0],
+        "base_rps": total["base"][0] / total["base"][1],
+        "cand_rps": total["cand"][0] / total["cand"][1],
+        "base_cpu_us": total["base"][2] / total["base"][0] * 1e6,
+        "cand_cpu_us": total["cand"][2] / total["cand"][0] * 1e6,
         "ratio_median": statistics.median(ratios),
         "ratio_min": min(ratios),
         "ratio_max": max(ratios),
     }
 
 
-async def end_to_end(requests: int, rounds: int, concurrency: int, mode: str) -> bool:
+async def end_to_end(seconds: float, rounds: int, concurrency: int, mode: str) -> bool:
     ok = True
     print(f"-- end to end, endpoints built as: {mode} ({CLIENT_MODES[mode]})")
     # adding endpoints needs no server: URLs are not contacted until used
@@ -206,14 +216,15 @@ async def end_to_end(requests: int, rounds: int, concurrency: int, mode: str) ->
             for i, url in enumerate(pool_urls(port, N, distinct=distinct_origins)):
                 builder.add(many, url, i)
             await warm_up(many, concurrency)
-            res = await compare(one, many, requests, rounds, concurrency)
+            res = await compare(one, many, seconds, rounds, concurrency)
             await many.aclose()
             good = res["ratio_median"] >= RATIO_TARGET
             ok &= good
             where = f"{N} origins" if distinct_origins else "one origin"
             print(
                 f"throughput, pool of {N} ({where}) vs pool of 1, c={concurrency}, "
-                f"{rounds}x{requests} requests each: {res['cand_rps']:.0f} vs "
+                f"{rounds} blocks of {seconds:g} s each ({res['requests']} requests): "
+                f"{res['cand_rps']:.0f} vs "
                 f"{res['base_rps']:.0f} req/s, ratio median {res['ratio_median']:.3f} "
                 f"[{res['ratio_min']:.3f}..{res['ratio_max']:.3f}] "
                 f"(target >= {RATIO_TARGET}) {verdict(good)}; client CPU/request "
@@ -228,7 +239,7 @@ async def main(args: argparse.Namespace) -> int:
     ok = True
     if not args.skip_e2e:
         for mode in args.clients.split(","):
-            ok &= await end_to_end(args.requests, args.rounds, args.concurrency, mode.strip())
+            ok &= await end_to_end(args.seconds, args.rounds, args.concurrency, mode.strip())
     if args.e2e_only:
         print("ALL TARGETS MET" if ok else "SOME TARGETS MISSED")
         return 0 if ok else 1
@@ -336,8 +347,8 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--e2e-only", action="store_true", help="only the end-to-end part")
     parser.add_argument("--skip-e2e", action="store_true", help="skip the end-to-end part")
-    parser.add_argument("--requests", type=int, default=1000, help="requests per block")
-    parser.add_argument("--rounds", type=int, default=4, help="ABBA rounds (2 blocks each)")
+    parser.add_argument("--seconds", type=float, default=1.0, help="seconds per block")
+    parser.add_argument("--rounds", type=int, default=8, help="blocks of each pool")
     parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument(
         "--clients",

@@ -23,6 +23,7 @@ _EXPORTS: dict[str, str] = {
     "RoutingSettings": "gonka_mux._core",
     "RequestContext": "gonka_mux._core",
     "Extension": "gonka_mux._core",
+    "EndpointSource": "gonka_mux.sources",
     "HealthPolicy": "gonka_mux.routing",
     "HedgePolicy": "gonka_mux.routing",
     "RetryBudget": "gonka_mux.routing",
@@ -89,6 +90,7 @@ if TYPE_CHECKING:
         RoundRobin,
         WeightedRandom,
     )
+    from .sources import EndpointSource
 
 
 def __getattr__(name: str) -> Any:

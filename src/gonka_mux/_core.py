@@ -84,7 +84,9 @@ class RoutingSettings:
     :class:`RetryBudget` (default: built from the ``retry_budget_*`` numbers). ``hedging`` is
     on by default (it only acts when a pool has a spare endpoint); ``hedging=None`` turns it
     off. ``adaptive_timeout`` shortens the per-attempt first-byte timeout to what the pool's
-    own latency says is abnormal; ``first_byte_timeout`` stays the cap.
+    own latency says is abnormal; ``first_byte_timeout`` stays the cap. ``latency_decay``
+    (seconds) is how fast an endpoint's latency estimate fades when it is not used, so an
+    endpoint that answered slowly once is measured again instead of starved.
     """
 
     strategy: str | Strategy = "p2c"
@@ -93,6 +95,7 @@ class RoutingSettings:
     deadline: float | None = 600.0
     max_attempts: int = 4
     failure_penalty: float = 1.0
+    latency_decay: float = 10.0
     default_latency: float = 0.1
     wait_for_capacity: float = 10.0
     retry_budget_ratio: float = 0.2
@@ -107,13 +110,14 @@ class RoutingSettings:
     retry_budget: RetryBudget | None = None
 
     def __post_init__(self) -> None:
-        for name in ("first_byte_timeout", "connect_timeout"):
+        for name in ("first_byte_timeout", "connect_timeout", "latency_decay"):
             value = getattr(self, name)
             if not _finite_positive(value):
                 raise ValueError(f"{name} must be a finite number > 0 seconds, not {value!r}")
         if self.deadline is not None and not _finite_positive(self.deadline):
-            raise ValueError(f"deadline must be a finite number > 0 seconds or None, not "
-                             f"{self.deadline!r}")
+            raise ValueError(
+                f"deadline must be a finite number > 0 seconds or None, not {self.deadline!r}"
+            )
         if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
             raise ValueError("max_attempts must be an integer >= 1")
         if self.max_attempts < 1:
@@ -347,7 +351,7 @@ class MuxCore:
         self.strategy: Strategy = s.build_strategy()
         self.budget = s.build_budget()
         self.stop: StopCondition = s.build_stop()
-        self.registry = EndpointRegistry(s.health)
+        self.registry = EndpointRegistry(s.health, latency_decay=s.latency_decay)
         self.extensions: list[Extension] = []
         self.on_failure_hooks: list[Callable[[Endpoint, Failure], None]] = []
         # async callables run by aclose(), first registered last (refresh managers, monitors)
@@ -393,9 +397,7 @@ class MuxCore:
         return self.registry.models()
 
     def select(self, pool: Pool, tried: set[Endpoint], now: float) -> Endpoint | None:
-        return self.registry.select(
-            self.strategy, pool, tried, now, self.settings.default_latency
-        )
+        return self.registry.select(self.strategy, pool, tried, now, self.settings.default_latency)
 
     # -- request execution ----------------------------------------------------------------
     def _timeout(self, read: float, connect: float) -> Any:
@@ -662,9 +664,7 @@ class MuxCore:
             raise ModelNotFound(model, self.models(), attempts=attempts, code=code)
         if not attempts:
             members = pool.all()
-            quarantined = [
-                ep.name for ep in members if ep.health.state(now) == "quarantined"
-            ]
+            quarantined = [ep.name for ep in members if ep.health.state(now) == "quarantined"]
             if members and len(quarantined) == len(members):
                 raise AllEndpointsUnauthorized(model, [], quarantined=quarantined)
             at = self.registry.next_available(pool, state.tried, now)
@@ -713,11 +713,11 @@ class MuxCore:
     async def _attempt(self, state: RouteState, ep: Endpoint, is_hedge: bool) -> _Success | Failure:
         ctx = state.ctx
         kind = state.kind
+        types = self.types()  # before the clock starts: the first call imports openai's types
         t0 = time.monotonic()
         timeout = self._attempt_timeout(state, ctx.deadline_at - t0)
         upstream_model = ep.models.get(str(ctx.model)) or ep.models.get(DEFAULT_POOL)
         params = ctx.params
-        types = self.types()
         body: Any
         send: dict[str, Any]
         if (

@@ -70,8 +70,11 @@ class Pool:
 class EndpointRegistry:
     """Endpoints by name, aliases, and the per-model pools built from them."""
 
-    def __init__(self, health_policy: HealthPolicy | None = None) -> None:
+    def __init__(
+        self, health_policy: HealthPolicy | None = None, *, latency_decay: float = 10.0
+    ) -> None:
         self.health_policy = health_policy or HealthPolicy()
+        self.latency_decay = latency_decay
         self.endpoints: dict[str, Endpoint] = {}
         self.aliases: dict[str, str] = {}
         self.pools: dict[str, Pool] = {}
@@ -85,6 +88,7 @@ class EndpointRegistry:
         ):
             endpoint.health.policy = self.health_policy
         endpoint.removed = False
+        endpoint.ewma.decay_tau = self.latency_decay
         endpoint.on_release = self.wake_one
         self.endpoints[endpoint.name] = endpoint
 

@@ -167,9 +167,11 @@ def _locate(body: Any) -> tuple[str | None, str | None]:
         elif isinstance(value, (list, tuple)):
             for i in range(len(value) - 1, -1, -1):
                 stack.append((f"{path}[{i}]", value[i], depth + 1))
-        elif value is None or isinstance(value, (bool, int, datetime)):
-            continue
-        elif hasattr(value, "model_dump"):
+        elif (
+            value is None
+            or isinstance(value, (bool, int, datetime))
+            or hasattr(value, "model_dump")
+        ):
             continue
         else:
             return path, f"a value of type {type(value).__name__}"

@@ -48,21 +48,28 @@ Environment variables override the file for the common settings: ``GONKA_MUX_STR
 ``GONKA_MUX_FIRST_BYTE_TIMEOUT``, ``GONKA_MUX_CONNECT_TIMEOUT``, ``GONKA_MUX_DEADLINE``,
 ``GONKA_MUX_MAX_ATTEMPTS``, ``GONKA_MUX_HEDGE_DELAY``. Other sections (``gonka``, ``limits``,
 ``tiering``, ``sessions``, ``memory``, ``metering``, ``gateway``) are read by their modules.
+``[gonka]`` holds :class:`~gonka_mux.gonka.config.GonkaConfig` fields (``source_urls``,
+``endpoints``, ``key_file``, ``refresh_enabled``...): checked when the Multiplexer is built
+(a typo is a ConfigError), used by ``register_gonka_models(mux)`` (no network access here).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._core import RoutingSettings
 from ._exceptions import ConfigError
 from .routing.health import HealthPolicy
 from .routing.hedging import HedgePolicy
+
+if TYPE_CHECKING:
+    from .gonka.config import GonkaConfig
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -311,6 +318,8 @@ def build_from_config(cls: type[T], source: str | os.PathLike[str] | Mapping[str
                 expected="one of " + ", ".join(sorted(KNOWN_SECTIONS)),
             )
     settings = routing_settings(data, name)
+    if "gonka" in data:
+        gonka_settings(data["gonka"], name)  # a typo is refused now, not at registration
     mux = cls(settings)  # type: ignore[call-arg]
     aliases = _mapping(data.get("aliases", {}), name, "aliases")
     endpoints = data.get("endpoints", [])
@@ -390,7 +399,8 @@ def _reject_leftover(section: Mapping[str, Any], source: str, key: str, expected
 
 def _vllm_section(mux: Any, data: Mapping[str, Any], source: str) -> None:
     """``[vllm]`` (base_url, health_url, interval) or ``GONKA_VLLM_BASE_URL`` registers a vLLM
-    node; for the async face at its first request, on the loop that serves it."""
+    node: the sync face registers it now, the async face with ``mux.on_start`` (on the loop
+    that serves it: now if that loop is running, else before the first request)."""
     section = dict(_mapping(data.get("vllm", {}), source, "vllm"))
     base_url = section.pop("base_url", None) or os.environ.get("GONKA_VLLM_BASE_URL") or None
     if base_url is None and "vllm" not in data:
@@ -399,10 +409,49 @@ def _vllm_section(mux: Any, data: Mapping[str, Any], source: str) -> None:
     interval = _typed(section.pop("interval", 2.0), float, source, "vllm.interval")
     _reject_leftover(section, source, "vllm", "base_url, health_url, interval")
     add = mux.add_vllm_node
-    if getattr(mux, "_portal", None) is not None:
+    if not inspect.iscoroutinefunction(add):  # the sync face: registered now, on its own loop
         add(base_url, health_url=health_url, interval=interval)
-    else:
-        mux._core.startup.append(lambda: add(base_url, health_url=health_url, interval=interval))
+        return
+
+    async def start() -> None:
+        await add(base_url, health_url=health_url, interval=interval)
+
+    mux.on_start(start)
+
+
+def gonka_settings(section: Any, source: str = "<dict>") -> GonkaConfig:
+    """The ``[gonka]`` table as a :class:`~gonka_mux.gonka.config.GonkaConfig`, checked by
+    GonkaConfig's own rules (``source_url`` is accepted for ``source_urls``). Nothing is
+    registered here (that needs the network): ``register_gonka_models(mux)`` reads it as its
+    ``config=`` when given none. Raises :class:`ConfigError` naming the file and the key."""
+    from .gonka.config import GonkaConfig
+    from .gonka.errors import GonkaConfigError
+
+    fields = {f.name for f in dataclasses.fields(GonkaConfig) if not f.name.startswith("_")}
+    values = dict(_mapping(section, source, "gonka"))
+    if "source_url" in values:
+        if "source_urls" in values:
+            raise ConfigError(
+                "both source_url and source_urls given",
+                source=source,
+                key="gonka.source_url",
+                expected="one of them",
+            )
+        values["source_urls"] = values.pop("source_url")
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ConfigError(
+            "unknown key(s) " + ", ".join(unknown),
+            source=source,
+            key=f"gonka.{unknown[0]}",
+            expected="one of " + ", ".join(sorted(fields | {"source_url"})),
+        )
+    try:
+        return GonkaConfig(**values, _explicit=frozenset(values))
+    except GonkaConfigError as exc:  # its message says what is accepted
+        raise ConfigError(exc.message, source=source, key=f"gonka.{exc.field}") from None
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(str(exc), source=source, key="gonka") from None
 
 
 def apply_feature_sections(mux: Any, data: Mapping[str, Any], source: str) -> None:

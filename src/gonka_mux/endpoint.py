@@ -145,24 +145,32 @@ class Endpoint:
         )
 
     def score(self, default_cost: float, now: float) -> float:
-        """Lower is better: peak-EWMA latency (decayed, plus failure penalty) x (load + 1).
+        """Lower is better: peak-EWMA latency (plus failure penalty) x (load + 1).
 
         Weight is not part of the score: dividing by it let the heaviest endpoint win every
         comparison at light load (it took everything instead of its share). Strategies use
         weight as a *share* among endpoints whose scores are about equal instead.
-
-        An endpoint with no latency sample yet scores 0 while idle, so every new endpoint is
-        tried once (exploration); once it has requests in flight it scores with
-        ``default_cost``, so a new endpoint that hangs cannot pull in all the traffic.
         """
-        load = self.inflight + self.external_load
+        return self.unit_cost(default_cost, now) * (self.inflight + self.external_load + 1.0)
+
+    def unit_cost(self, default_cost: float, now: float) -> float:
+        """The expected cost of one request here: latency estimate plus failure penalty.
+
+        An endpoint with no latency sample yet costs 0 while idle, so every new endpoint is
+        tried once (exploration); once it has requests in flight it costs ``default_cost``,
+        so a new endpoint that hangs cannot pull in all the traffic.
+        """
         if self.ewma.known:
-            cost = self.ewma.current(now)
-        elif load <= 0:
+            return self.ewma.current(now)
+        if self.inflight + self.external_load <= 0:
             return 0.0
-        else:
-            cost = default_cost
-        return cost * (load + 1.0)
+        return default_cost
+
+    def is_stale(self, now: float) -> bool:
+        """Its latency estimate is old (and no failure penalty is left): routing lets it
+        compete as an equal, so it is measured again instead of starved."""
+        ewma = self.ewma
+        return ewma.stale(now) and ewma.penalty(now) <= 0.1 * ewma.cost + 1e-3
 
     def count_failure(self, kind: str, message: str) -> None:
         self.failures[kind] = self.failures.get(kind, 0) + 1

@@ -30,6 +30,7 @@ from .endpoint import Endpoint, EndpointTier
 
 if TYPE_CHECKING:
     from .routing.outcome import ErrorPolicy, Failure
+    from .sources import EndpointSource
 
 T = TypeVar("T")
 
@@ -352,9 +353,15 @@ class _MuxBase:
         if loop is None:
             self._core.startup.append(starter)
         elif self._in_loop(loop):
+            # started now; the first request still waits for it (and sees its error)
             task = loop.create_task(starter())
             self._background.add(task)
             task.add_done_callback(self._background.discard)
+
+            async def wait_started() -> None:
+                await task
+
+            self._core.startup.append(wait_started)
         else:
             asyncio.run_coroutine_threadsafe(starter(), loop).result()
 
@@ -366,6 +373,18 @@ class _MuxBase:
             return await coro
         future = asyncio.run_coroutine_threadsafe(coro, loop)  # type: ignore[arg-type]
         return await asyncio.wrap_future(future)
+
+    async def acreate_chat(self, **params: Any) -> Any:
+        """``chat.completions.create(**params)`` awaited from any event loop, on either face:
+        the request runs on the Multiplexer's loop (the sync face's private one) without
+        blocking the caller's. Returns a ChatCompletion, or with ``stream=True`` the async
+        stream, which lives on the Multiplexer's loop: from another loop, read it (and close
+        it) through :meth:`arun`, e.g. ``await mux.arun(stream.__anext__())``."""
+        body, request_options, options = _split(params)
+        stream = bool(body.get("stream"))
+        return await self.arun(
+            self._core.execute(CHAT, body, request_options, options, stream=stream)
+        )
 
     def _live_loop(self) -> asyncio.AbstractEventLoop | None:
         try:
@@ -379,6 +398,22 @@ class _MuxBase:
             return asyncio.get_running_loop() is loop
         except RuntimeError:
             return False
+
+    def add_source(self, source: EndpointSource) -> EndpointSource:
+        """Attach an :class:`~gonka_mux.sources.EndpointSource`: ``await source.start(self)``
+        runs on this Multiplexer's loop (now if it is running, else before the first request)
+        and ``await source.aclose()`` when it closes. Returns the source."""
+        if not callable(getattr(source, "start", None)) or not callable(
+            getattr(source, "aclose", None)
+        ):
+            raise TypeError("an endpoint source needs async start(mux) and aclose() methods")
+        self.on_close(source.aclose)
+
+        async def start() -> None:
+            await source.start(self)
+
+        self.on_start(start)
+        return source
 
     def watch_epochs(self, watcher: Any) -> None:
         """Report ``watcher`` (a Gonka refresh manager) in :meth:`epoch_status`."""

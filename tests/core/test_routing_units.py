@@ -27,7 +27,7 @@ from gonka_mux.routing import (
 def ep(name: str, *, weight: float = 1.0, cost: float | None = None, inflight: int = 0, **kw):
     e = Endpoint(object(), models=["m"], name=name, weight=weight, **kw)
     if cost is not None:
-        e.ewma.observe(cost, 0.0)
+        e.ewma.observe(cost, 1.0)  # measured "now" (selections below run at 1.0)
     e.inflight = inflight
     return e
 

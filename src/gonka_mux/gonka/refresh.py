@@ -153,7 +153,7 @@ class GonkaRefreshManager:
         self._rng = random.Random()
         if epoch_info is not None:
             self._observe_phase(epoch_info, initial=True)
-        group.core.on_failure_hooks.append(self._on_failure)
+        group.mux.add_failure_listener(self._on_failure)
 
     # -- public state ---------------------------------------------------------------------
     @property
@@ -231,9 +231,7 @@ class GonkaRefreshManager:
 
     async def _aclose_here(self) -> None:
         self._closed = True
-        hooks = self.group.core.on_failure_hooks
-        if self._on_failure in hooks:
-            hooks.remove(self._on_failure)
+        self.group.mux.remove_failure_listener(self._on_failure)
         task, self._task = self._task, None
         if task is not None and not task.done():
             task.cancel()

@@ -23,22 +23,27 @@ in the endpoint group ``"gonka"``::
 :func:`add_gonka_broker` adds an OpenAI-compatible broker or devshard gateway (Bearer key) beside
 them, or alone: since July 2026 mainnet answers classic signed requests with 410.
 
-Settings come from the arguments, then a :class:`~gonka_mux.gonka.config.GonkaConfig`, then the
+Settings come from the arguments, then a :class:`~gonka_mux.gonka.config.GonkaConfig`
+(``config=``, else the ``[gonka]`` table of the file the Multiplexer was built from), then the
 environment (``GONKA_PRIVATE_KEY``, ``GONKA_SOURCE_URL``, ``GONKA_ENDPOINTS`` = ``url;address,...``,
 ``GONKA_ADDRESS``, ``GONKA_VERIFY_PROOF``...).
 
 Both Multiplexer faces work: with the sync ``Multiplexer`` discovery runs in the calling thread
-and the endpoint group and its refresh live on the Multiplexer's own background loop.
+and the endpoint group and its refresh live on the Multiplexer's own background loop. Only the
+Multiplexer's public extension surface is used (``register_endpoint``, ``replace_endpoints``,
+failure listeners, ``on_start``, ``on_close``, ``run``/``arun``); each sync/async pair of
+functions shares one body, a generator of I/O steps with a blocking and an async driver.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .config import GonkaConfig, GonkaEndpoint
 from .discovery import DiscoveryResult, GonkaParticipant
@@ -63,6 +68,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger("gonka_mux.gonka")
+
+T = TypeVar("T")
 
 DEFAULT_GROUP = "gonka"
 BROKER_GROUP = "gonka-broker"
@@ -128,7 +135,6 @@ class GonkaEndpointGroup:
         normalize_weights: bool = False,
     ) -> None:
         self.mux = mux
-        self.core = mux._core
         self.signer = signer
         self.clock = clock
         self.clock_sync = clock_sync
@@ -152,7 +158,7 @@ class GonkaEndpointGroup:
         self._ssl_context: Any = None  # one for every client (building one costs ~30 ms)
         self._stale: list[tuple[Any, list[Endpoint]]] = []  # (client, its old endpoints)
         self._closed = False
-        self.core.on_failure_hooks.append(self._on_failure)
+        mux.add_failure_listener(self._on_failure)
 
     # -- building -------------------------------------------------------------------------
     def public_name(self, model: str) -> str:
@@ -218,7 +224,7 @@ class GonkaEndpointGroup:
                         transfer_address=participant.address,
                         requester_address=self.signer.address,
                         model=public,
-                        has_alternative=_alternative_check(self.core, name, public),
+                        has_alternative=_alternative_check(self.mux, name, public),
                     )
                     endpoint = Endpoint(
                         client,
@@ -314,18 +320,17 @@ class GonkaEndpointGroup:
         # The core removed this endpoint; drop the TA's other models' endpoints too.
         for name, other in list(self.endpoints.items()):
             same_ta = self._address_of.get(name) == address
-            if same_ta and not other.removed and other.name in self.core.endpoints:
-                self.core.remove(other)
+            if same_ta and not other.removed and self.mux.get_endpoint(other.name) is not None:
+                self.mux.remove_endpoint(other)
 
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
-        if self._on_failure in self.core.on_failure_hooks:
-            self.core.on_failure_hooks.remove(self._on_failure)
+        self.mux.remove_failure_listener(self._on_failure)
         await self.close_drained(force=True)
         # Clients built for a prefetched set that never went live (the core closes the rest).
-        in_use = {id(ep.client) for ep in self.core.endpoints.values()}
+        in_use = {id(ep.client) for ep in self.mux.endpoints}
         for client in list(self._clients.values()):
             if id(client) not in in_use:
                 try:
@@ -334,10 +339,9 @@ class GonkaEndpointGroup:
                     logger.debug("closing a Gonka client failed", exc_info=True)
 
 
-def _alternative_check(core: Any, name: str, public: str) -> Callable[[], bool]:
+def _alternative_check(mux: Any, name: str, public: str) -> Callable[[], bool]:
     def check() -> bool:
-        pool = core.pools.get(public)
-        return pool is not None and any(ep.name != name and not ep.removed for ep in pool.all())
+        return any(ep.name != name and not ep.removed for ep in mux.endpoints_for(public))
 
     return check
 
@@ -404,7 +408,88 @@ def _network_sources(sources: Iterable[str]) -> tuple[str, ...]:
     return tuple(s for s in sources if s.startswith(("http://", "https://")))
 
 
-# =========================================================================== explicit endpoints
+# =========================================================================== I/O steps
+#
+# Registration and broker set-up are written once, as generators that yield the I/O they need
+# (an :class:`_IO`: one operation with a blocking and an awaitable form) and receive its
+# result, or have its exception thrown in; :func:`_run_sync` and :func:`_run_async` drive
+# them, as in :mod:`gonka_mux.gonka.discovery`.
+
+
+@dataclass(frozen=True, slots=True)
+class _IO:
+    blocking: Callable[[], Any]
+    awaitable: Callable[[], Awaitable[Any]]
+
+
+_Steps = Generator[_IO, Any, T]
+
+
+def _run_sync(steps: _Steps[T]) -> T:
+    reply: Any = None
+    error: Exception | None = None
+    while True:
+        try:
+            io = steps.send(reply) if error is None else steps.throw(error)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        try:
+            reply, error = io.blocking(), None
+        except Exception as exc:
+            reply, error = None, exc
+
+
+async def _run_async(steps: _Steps[T]) -> T:
+    reply: Any = None
+    error: Exception | None = None
+    while True:
+        try:
+            io = steps.send(reply) if error is None else steps.throw(error)
+        except StopIteration as done:
+            return done.value  # type: ignore[no-any-return]
+        try:
+            reply, error = await io.awaitable(), None
+        except Exception as exc:
+            reply, error = None, exc
+
+
+def _get(url: str, timeout: float, headers: Mapping[str, str] | None = None) -> _IO:
+    """GET ``url`` as JSON (:class:`GonkaDiscoveryError` when that fails)."""
+    return _IO(lambda: _get_json(url, timeout, headers), lambda: _aget_json(url, timeout, headers))
+
+
+def _discover(sources: tuple[str, ...], verify_proofs: bool, timeout: float) -> _IO:
+    from .discovery import adiscover, discover
+
+    options = {"verify_proofs": verify_proofs, "timeout": timeout}
+    return _IO(lambda: discover(sources, **options), lambda: adiscover(sources, **options))
+
+
+def _on_mux_loop(mux: Any, fn: Callable[[], Any]) -> _IO:
+    """Call ``fn()`` on the Multiplexer's loop, where its registry lives: the sync face's own
+    loop thread (``run``/``arun``); for the async face, the caller's thread or loop."""
+    from gonka_mux.multiplexer import Multiplexer
+
+    async def call() -> Any:
+        return fn()
+
+    def blocking() -> Any:
+        return mux.run(call()) if isinstance(mux, Multiplexer) else fn()
+
+    return _IO(blocking, lambda: mux.arun(call()))
+
+
+def _on_start(mux: Any, starter: Callable[[], Awaitable[Any]]) -> _IO:
+    """``mux.on_start(starter)``: on the Multiplexer's loop now if it is live, else before the
+    first request."""
+
+    async def awaitable() -> None:
+        mux.on_start(starter)
+        # From inside the Multiplexer's loop on_start runs the starter as a task: one tick
+        # lets it run, so the caller sees (e.g.) the refresh manager running.
+        await asyncio.sleep(0)
+
+    return _IO(lambda: mux.on_start(starter), awaitable)
 
 
 async def _aget_json(url: str, timeout: float, headers: Mapping[str, str] | None = None) -> Any:
@@ -439,6 +524,9 @@ def _json_of(url: str, status: int, content: bytes) -> Any:
         raise GonkaDiscoveryError(url, status, "not JSON") from None
 
 
+# =========================================================================== explicit endpoints
+
+
 def _explicit_participants(
     endpoints: Sequence[GonkaEndpoint],
     models_for: Mapping[str, tuple[str, ...]],
@@ -459,32 +547,9 @@ def _models_of(payload: Any) -> tuple[str, ...]:
     return parse_models(payload)
 
 
-async def _aexplicit(
-    plan: _Plan, models: Sequence[str] | None, timeout: float
-) -> tuple[list[GonkaParticipant], EpochInfo | None]:
-    models_for: dict[str, tuple[str, ...]] = {}
-    info: EpochInfo | None = None
-    for endpoint in plan.endpoints:
-        if models is not None:
-            models_for[endpoint.url] = tuple(models)
-            continue
-        try:
-            payload = await _aget_json(f"{endpoint.url}/v1/models", timeout)
-            models_for[endpoint.url] = _models_of(payload)
-        except Exception as exc:
-            logger.warning("cannot list the models of %s: %s", endpoint.url, _describe(exc))
-    for endpoint in plan.endpoints:
-        try:
-            info = parse_epoch_info(await _aget_json(f"{endpoint.url}/v1/epochs/latest", timeout))
-            break
-        except Exception:
-            continue
-    return _explicit_participants(plan.endpoints, models_for), info
-
-
 def _explicit(
     plan: _Plan, models: Sequence[str] | None, timeout: float
-) -> tuple[list[GonkaParticipant], EpochInfo | None]:
+) -> _Steps[tuple[list[GonkaParticipant], EpochInfo | None]]:
     models_for: dict[str, tuple[str, ...]] = {}
     info: EpochInfo | None = None
     for endpoint in plan.endpoints:
@@ -492,13 +557,13 @@ def _explicit(
             models_for[endpoint.url] = tuple(models)
             continue
         try:
-            payload = _get_json(f"{endpoint.url}/v1/models", timeout)
+            payload = yield _get(f"{endpoint.url}/v1/models", timeout)
             models_for[endpoint.url] = _models_of(payload)
         except Exception as exc:
             logger.warning("cannot list the models of %s: %s", endpoint.url, _describe(exc))
     for endpoint in plan.endpoints:
         try:
-            info = parse_epoch_info(_get_json(f"{endpoint.url}/v1/epochs/latest", timeout))
+            info = parse_epoch_info((yield _get(f"{endpoint.url}/v1/epochs/latest", timeout)))
             break
         except Exception:
             continue
@@ -529,7 +594,7 @@ class _Options:
 def _make_group(mux: Any, plan: _Plan, options: _Options) -> GonkaEndpointGroup:
     from .signing import ChainClockSync, NanoClock
 
-    if options.group in {ep.group for ep in mux._core.endpoints.values()}:
+    if options.group in {ep.group for ep in mux.endpoints}:
         raise GonkaConfigError(
             "group",
             f"the Multiplexer already has endpoints in group {options.group!r}; pass another "
@@ -593,7 +658,6 @@ def _result(
 
 
 def _make_manager(
-    mux: Any,
     plan: _Plan,
     group: GonkaEndpointGroup,
     options: _Options,
@@ -624,43 +688,8 @@ def _make_manager(
     return manager
 
 
-def _start_manager(mux: Any, manager: GonkaRefreshManager) -> None:
-    """Start on the Multiplexer's loop: the sync face's private loop, the running loop for the
-    async face, or (no loop running yet) with the first request."""
-    core = mux._core
-    core.closers.append(manager.aclose)
-    mux._epoch_watchers.append(manager)
-    portal = getattr(mux, "_portal", None)
-    if portal is not None:
-        manager.start(portal.loop)
-        return
-    try:
-        loop = asyncio.get_running_loop()
-    except RuntimeError:
-        core.extensions.append(_StartOnFirstRequest(core, manager))
-        return
-    manager.start(loop)
-
-
-class _StartOnFirstRequest:
-    """Starts a refresh manager registered outside any event loop with the first request
-    (on the loop the AsyncMultiplexer is then used from), then takes itself out."""
-
-    def __init__(self, core: Any, manager: GonkaRefreshManager) -> None:
-        self.core = core
-        self.manager = manager
-
-    async def before(self, ctx: Any) -> None:
-        if not self.manager.is_running and not self.manager.closed:
-            self.manager.start(asyncio.get_running_loop())
-        # A new list, so a request iterating the old one is unaffected.
-        self.core.extensions = [e for e in self.core.extensions if e is not self]
-
-    async def after(self, ctx: Any) -> None:
-        return None
-
-
 def _options(
+    *,
     models: Sequence[str] | None,
     group: str,
     clock: NanoClock | None,
@@ -694,6 +723,67 @@ def _explicit_settings(**values: Any) -> dict[str, Any]:
     return {k: v for k, v in values.items() if v is not None}
 
 
+def _config_section(mux: Any) -> GonkaConfig | None:
+    """The ``[gonka]`` table of the config file the Multiplexer was built from, if any."""
+    data = getattr(mux, "config", None)
+    if not isinstance(data, Mapping) or "gonka" not in data:
+        return None
+    from gonka_mux.config import gonka_settings
+
+    return gonka_settings(data["gonka"], getattr(mux, "config_source", "<dict>"))
+
+
+def _registration(mux: Any, args: dict[str, Any]) -> _Steps[GonkaRegistrationResult]:
+    """Both faces of :func:`register_gonka_models`; ``args`` are its keyword arguments."""
+    options = _options(**{f.name: args.pop(f.name) for f in dataclasses.fields(_Options)})
+    config = args.pop("config")
+    plan = _resolve(
+        config=config if config is not None else _config_section(mux),
+        environ=args.pop("environ"),
+        signer=args.pop("signer"),
+        explicit=_explicit_settings(**args),  # the GonkaConfig fields given as arguments
+    )
+    found: DiscoveryResult | None = None
+    info: EpochInfo | None
+    if plan.mode == "discovery":
+        found = yield _discover(plan.sources, plan.config.verify_proofs, options.timeout)
+        participants, info = list(found.participants), found.epoch_info
+        epoch_id = found.epoch_id
+    else:
+        participants, info = yield from _explicit(plan, options.models, options.timeout)
+        epoch_id = info.effective_epoch_id if info is not None else 0
+    group_ = _make_group(mux, plan, options)
+    prepared = group_.prepare(participants)
+    _check_models(prepared, options, participants)
+
+    def apply() -> None:
+        group_.apply(prepared, participants, epoch_id)
+        mux.on_close(group_.aclose)
+
+    yield _on_mux_loop(mux, apply)
+    manager = _make_manager(plan, group_, options, found)
+    if manager is not None:
+        mux.on_close(manager.aclose)
+        mux.watch_epochs(manager)
+        yield _on_start(mux, _starter(manager))
+    return _result(
+        group_,
+        prepared,
+        manager,
+        phase=info.phase if info is not None else None,
+        source_url=found.source_url if found is not None else None,
+        excluded=found.excluded if found is not None else {},
+    )
+
+
+def _starter(manager: GonkaRefreshManager) -> Callable[[], Awaitable[None]]:
+    async def start() -> None:  # on the Multiplexer's loop
+        if not manager.is_running and not manager.closed:
+            manager.start()
+
+    return start
+
+
 def register_gonka_models(
     mux: Any,
     *,
@@ -724,8 +814,9 @@ def register_gonka_models(
     """Discover Gonka participants and register one signed endpoint per participant per model.
 
     Works with ``Multiplexer`` and ``AsyncMultiplexer`` (discovery runs here, synchronously; in
-    async code prefer :func:`aregister_gonka_models`). Arguments win over ``config``, which wins
-    over the environment (``GONKA_*``). ``source_url`` is a node base URL or several (failover),
+    async code prefer :func:`aregister_gonka_models`). Arguments win over ``config`` (default:
+    the ``[gonka]`` table of the file the Multiplexer was built from), which wins over the
+    environment (``GONKA_*``). ``source_url`` is a node base URL or several (failover),
     ``endpoints`` explicit TAs as ``"url;address,..."`` (no discovery, no epoch refresh).
     ``models`` keeps only those model ids. ``normalize_weights`` scales participant weights to
     a mean of 1 (to mix with brokers/providers of weight 1). ``min_poll_interval`` is the
@@ -736,71 +827,8 @@ def register_gonka_models(
     :class:`~gonka_mux.gonka.errors.GonkaDiscoveryError` (no source answered) or
     :class:`~gonka_mux.gonka.errors.GonkaNoParticipantsError` (nothing usable).
     """
-    from .discovery import discover
-
-    options = _options(
-        models,
-        group,
-        clock,
-        normalize_weights,
-        request_timeout,
-        timeout,
-        min_poll_interval,
-        on_epoch_change,
-        refresh_options,
-    )
-    plan = _resolve(
-        config=config,
-        environ=environ,
-        signer=signer,
-        explicit=_explicit_settings(
-            source_url=source_url,
-            endpoints=endpoints,
-            private_key=private_key,
-            address=address,
-            verify_proofs=verify_proofs,
-            refresh_enabled=refresh_enabled,
-            refresh_interval_seconds=refresh_interval_seconds,
-            default_max_concurrent=default_max_concurrent,
-            register_as_fallback=register_as_fallback,
-            model_name_prefix=model_name_prefix,
-            default_max_tokens=default_max_tokens,
-        ),
-    )
-    found: DiscoveryResult | None = None
-    info: EpochInfo | None
-    if plan.mode == "discovery":
-        found = discover(plan.sources, verify_proofs=plan.config.verify_proofs, timeout=timeout)
-        participants, info = list(found.participants), found.epoch_info
-        epoch_id = found.epoch_id
-    else:
-        participants, info = _explicit(plan, options.models, timeout)
-        epoch_id = info.effective_epoch_id if info is not None else 0
-    group_ = _make_group(mux, plan, options)
-    prepared = group_.prepare(participants)
-    _check_models(prepared, options, participants)
-
-    async def apply() -> None:
-        group_.apply(prepared, participants, epoch_id)
-        mux._core.closers.append(group_.aclose)
-
-    portal = getattr(mux, "_portal", None)
-    if portal is not None:
-        portal.call(apply())
-    else:
-        group_.apply(prepared, participants, epoch_id)
-        mux._core.closers.append(group_.aclose)
-    manager = _make_manager(mux, plan, group_, options, found)
-    if manager is not None:
-        _start_manager(mux, manager)
-    return _result(
-        group_,
-        prepared,
-        manager,
-        phase=info.phase if info is not None else None,
-        source_url=found.source_url if found is not None else None,
-        excluded=found.excluded if found is not None else {},
-    )
+    args = dict(locals())  # the keyword arguments, as given
+    return _run_sync(_registration(args.pop("mux"), args))
 
 
 async def aregister_gonka_models(
@@ -831,78 +859,8 @@ async def aregister_gonka_models(
     environ: Mapping[str, str] | None = None,
 ) -> GonkaRegistrationResult:
     """Async twin of :func:`register_gonka_models` (discovery does not block the loop)."""
-    from .discovery import adiscover
-
-    options = _options(
-        models,
-        group,
-        clock,
-        normalize_weights,
-        request_timeout,
-        timeout,
-        min_poll_interval,
-        on_epoch_change,
-        refresh_options,
-    )
-    plan = _resolve(
-        config=config,
-        environ=environ,
-        signer=signer,
-        explicit=_explicit_settings(
-            source_url=source_url,
-            endpoints=endpoints,
-            private_key=private_key,
-            address=address,
-            verify_proofs=verify_proofs,
-            refresh_enabled=refresh_enabled,
-            refresh_interval_seconds=refresh_interval_seconds,
-            default_max_concurrent=default_max_concurrent,
-            register_as_fallback=register_as_fallback,
-            model_name_prefix=model_name_prefix,
-            default_max_tokens=default_max_tokens,
-        ),
-    )
-    found: DiscoveryResult | None = None
-    info: EpochInfo | None
-    if plan.mode == "discovery":
-        found = await adiscover(
-            plan.sources, verify_proofs=plan.config.verify_proofs, timeout=timeout
-        )
-        participants, info = list(found.participants), found.epoch_info
-        epoch_id = found.epoch_id
-    else:
-        participants, info = await _aexplicit(plan, options.models, timeout)
-        epoch_id = info.effective_epoch_id if info is not None else 0
-    group_ = _make_group(mux, plan, options)
-    prepared = group_.prepare(participants)
-    _check_models(prepared, options, participants)
-
-    async def apply() -> None:
-        group_.apply(prepared, participants, epoch_id)
-        mux._core.closers.append(group_.aclose)
-
-    await _on_mux_loop(mux, apply())
-    manager = _make_manager(mux, plan, group_, options, found)
-    if manager is not None:
-        _start_manager(mux, manager)
-    return _result(
-        group_,
-        prepared,
-        manager,
-        phase=info.phase if info is not None else None,
-        source_url=found.source_url if found is not None else None,
-        excluded=found.excluded if found is not None else {},
-    )
-
-
-async def _on_mux_loop(mux: Any, coro: Awaitable[Any]) -> Any:
-    """Await ``coro`` on the Multiplexer's loop (the sync face's private one) without blocking
-    the caller's loop."""
-    portal = getattr(mux, "_portal", None)
-    if portal is None:
-        return await coro
-    future = asyncio.run_coroutine_threadsafe(coro, portal.loop)  # type: ignore[arg-type]
-    return await asyncio.wrap_future(future)
+    args = dict(locals())  # the keyword arguments, as given
+    return await _run_async(_registration(args.pop("mux"), args))
 
 
 # =========================================================================== brokers
@@ -949,12 +907,10 @@ def _broker_endpoint(
     client = openai.AsyncOpenAI(
         base_url=url, api_key=api_key, max_retries=0, timeout=request_timeout
     )
-    default_name = f"{group}:{url.split('://', 1)[-1]}"
-    taken = set(mux._core.endpoints)
-    base = name or default_name
+    base = name or f"{group}:{url.split('://', 1)[-1]}"
     final = base
     n = 2
-    while name is None and final in taken:
+    while name is None and mux.get_endpoint(final) is not None:
         final = f"{base}#{n}"
         n += 1
     return Endpoint(
@@ -976,6 +932,32 @@ def _model_map(models: Sequence[str] | Mapping[str, str], prefix: str) -> dict[s
     if isinstance(models, Mapping):
         return {f"{prefix}{k}": str(v) for k, v in models.items()}
     return {f"{prefix}{m}": m for m in models}
+
+
+def _broker(
+    mux: Any,
+    base_url: str,
+    api_key: str,
+    *,
+    models: Sequence[str] | Mapping[str, str] | None,
+    model_name_prefix: str,
+    timeout: float,
+    **endpoint_options: Any,
+) -> _Steps[Endpoint]:
+    """Both faces of :func:`add_gonka_broker`."""
+    url = _broker_url(base_url)
+    if models is None:
+        try:
+            payload = yield _get(f"{url}/models", timeout, {"Authorization": f"Bearer {api_key}"})
+        except GonkaDiscoveryError as exc:
+            raise _broker_models_error(url, exc) from None
+        models = _models_of(payload)
+    model_map = _model_map(models, model_name_prefix)
+    if not model_map:
+        raise GonkaConfigError("models", f"the broker at {url} lists no model; pass models=[...]")
+    endpoint = _broker_endpoint(mux, url, api_key, model_map, **endpoint_options)
+    added: Endpoint = yield _on_mux_loop(mux, lambda: mux.register_endpoint(endpoint))
+    return added
 
 
 def add_gonka_broker(
@@ -1002,37 +984,7 @@ def add_gonka_broker(
     joins the same pools as signed participants. ``default_max_tokens`` is sent when a request
     has none (brokers cap it, often at 3072-4096).
     """
-    url = _broker_url(base_url)
-    if models is None:
-        try:
-            payload = _get_json(f"{url}/models", timeout, {"Authorization": f"Bearer {api_key}"})
-        except GonkaDiscoveryError as exc:
-            raise _broker_models_error(url, exc) from None
-        models = _models_of(payload)
-    model_map = _model_map(models, model_name_prefix)
-    if not model_map:
-        raise GonkaConfigError("models", f"the broker at {url} lists no model; pass models=[...]")
-    endpoint = _broker_endpoint(
-        mux,
-        url,
-        api_key,
-        model_map,
-        name=name,
-        weight=weight,
-        tier=tier,
-        max_concurrent=max_concurrent,
-        default_max_tokens=default_max_tokens,
-        group=group,
-        request_timeout=request_timeout,
-    )
-
-    async def add() -> Endpoint:
-        return mux._core.add(endpoint)  # type: ignore[no-any-return]
-
-    portal = getattr(mux, "_portal", None)
-    if portal is not None:
-        return portal.call(add())  # type: ignore[no-any-return]
-    return mux._core.add(endpoint)  # type: ignore[no-any-return]
+    return _run_sync(_broker(**locals()))
 
 
 async def aadd_gonka_broker(
@@ -1052,34 +1004,4 @@ async def aadd_gonka_broker(
     timeout: float = DEFAULT_TIMEOUT,
 ) -> Endpoint:
     """Async twin of :func:`add_gonka_broker`."""
-    url = _broker_url(base_url)
-    if models is None:
-        try:
-            payload = await _aget_json(
-                f"{url}/models", timeout, {"Authorization": f"Bearer {api_key}"}
-            )
-        except GonkaDiscoveryError as exc:
-            raise _broker_models_error(url, exc) from None
-        models = _models_of(payload)
-    model_map = _model_map(models, model_name_prefix)
-    if not model_map:
-        raise GonkaConfigError("models", f"the broker at {url} lists no model; pass models=[...]")
-    endpoint = _broker_endpoint(
-        mux,
-        url,
-        api_key,
-        model_map,
-        name=name,
-        weight=weight,
-        tier=tier,
-        max_concurrent=max_concurrent,
-        default_max_tokens=default_max_tokens,
-        group=group,
-        request_timeout=request_timeout,
-    )
-
-    async def add() -> Endpoint:
-        return mux._core.add(endpoint)  # type: ignore[no-any-return]
-
-    result: Endpoint = await _on_mux_loop(mux, add())
-    return result
+    return await _run_async(_broker(**locals()))

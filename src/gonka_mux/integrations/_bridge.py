@@ -41,7 +41,7 @@ class ChatBridge:
             )
         self.target = target
         self.is_mux = isinstance(target, (Multiplexer, AsyncMultiplexer))
-        self._portal_mux = target if isinstance(target, Multiplexer) else None
+        self._sync_mux = target if isinstance(target, Multiplexer) else None
         self.is_async = isinstance(target, AsyncMultiplexer) or (
             not self.is_mux and inspect.iscoroutinefunction(chat.create)
         )
@@ -68,26 +68,19 @@ class ChatBridge:
         """A ChatCompletion, or an async iterator of chunks when streaming."""
         if self.is_async:
             return await self.target.chat.completions.create(**params)
-        mux = self._portal_mux
+        mux = self._sync_mux
         if mux is None:  # a plain sync client: a worker thread keeps our loop free
             result = await asyncio.to_thread(self.target.chat.completions.create, **params)
             return _ThreadStream(result) if params.get("stream") else result
-        from gonka_mux._core import CHAT
-        from gonka_mux.multiplexer import _split
-
-        body, request_options, options = _split(params)
-        loop = mux._portal.loop
-        stream = bool(body.get("stream"))
-        coro = mux._core.execute(CHAT, body, request_options, options, stream=stream)
-        result = await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, loop))
-        return _PortalStream(loop, result) if stream else result
+        result = await mux.acreate_chat(**params)  # runs on the mux's loop thread
+        return _MuxLoopStream(mux, result) if params.get("stream") else result
 
 
-class _PortalStream:
+class _MuxLoopStream:
     """An async stream living on the Multiplexer's loop thread, read from another loop."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, inner: Any) -> None:
-        self._loop = loop
+    def __init__(self, mux: Any, inner: Any) -> None:
+        self._mux = mux
         self._inner = inner
         self.partial = inner.partial
         self.response = getattr(inner, "response", None)
@@ -102,14 +95,14 @@ class _PortalStream:
         return item
 
     async def _run(self, coro: Any) -> Any:
-        return await asyncio.wrap_future(asyncio.run_coroutine_threadsafe(coro, self._loop))
+        return await self._mux.arun(coro)
 
     async def close(self) -> None:
         await self._run(self._inner.close())
 
     aclose = close
 
-    async def __aenter__(self) -> _PortalStream:
+    async def __aenter__(self) -> _MuxLoopStream:
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:

@@ -4,7 +4,8 @@ from .budget import RetryBudget
 from .ewma import PeakEwma
 from .health import EndpointHealth, HealthPolicy
 from .hedging import HedgePolicy, LatencyWindow
-from .outcome import ErrorPolicy, Failure, parse_retry_after
+from .outcome import ErrorPolicy, Failure, Fault, parse_retry_after
+from .stop import StopAfterAttempt, StopAny, StopCondition, StopWhenBudgetSpent
 from .strategies import PowerOfTwoChoices, RoundRobin, Strategy, WeightedRandom, strategy_from_name
 from .timeouts import AdaptiveTimeout
 
@@ -13,6 +14,7 @@ __all__ = [
     "EndpointHealth",
     "ErrorPolicy",
     "Failure",
+    "Fault",
     "HealthPolicy",
     "HedgePolicy",
     "LatencyWindow",
@@ -20,6 +22,10 @@ __all__ = [
     "PowerOfTwoChoices",
     "RetryBudget",
     "RoundRobin",
+    "StopAfterAttempt",
+    "StopAny",
+    "StopCondition",
+    "StopWhenBudgetSpent",
     "Strategy",
     "WeightedRandom",
     "parse_retry_after",

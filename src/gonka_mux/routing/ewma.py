@@ -1,4 +1,5 @@
-"""Peak-EWMA latency estimate (Finagle/Linkerd/tower style) plus a decaying failure penalty."""
+"""Peak-EWMA latency estimate (Finagle/Linkerd/tower style), its staleness, and a fading failure
+penalty."""
 
 from __future__ import annotations
 
@@ -8,17 +9,23 @@ __all__ = ["PeakEwma"]
 
 
 class PeakEwma:
-    """Latency estimate that jumps up at once on a slow sample and decays toward zero with time.
+    """Latency estimate that jumps up at once on a slow sample and is forgotten when stale.
 
-    Samples: a sample above the current (decayed) estimate replaces it at once (the *peak*), so
-    one slow answer makes an endpoint look slow right away; a lower sample is blended in with
-    time constant ``tau``. Time: when no sample arrives the estimate decays toward zero with
-    time constant ``decay_tau`` (as tower's ``PeakEwma`` does). Without this decay an endpoint
-    that answered once slowly (a cold connection) would look slow for ever at light load, never
-    be picked and so never be measured again; with it, an idle endpoint looks cheaper and cheaper
-    until it is tried again, and the new sample says whether it is still slow. A 10x slower
-    endpoint is re-measured about every ``decay_tau * ln(10 / 1.5)`` (~19 s at the default),
-    which at light load is a few requests in a thousand.
+    Samples: a sample above the current estimate replaces it at once (the *peak*), so one slow
+    answer makes an endpoint look slow right away; a lower sample is blended in with time
+    constant ``tau``.
+
+    Time: an estimate that has not been refreshed for a while is *stale*
+    (:meth:`stale`), and routing no longer holds it against the endpoint: a stale endpoint
+    competes as an equal of the best one, at its weight's share. Without this, an endpoint
+    that answered once slowly (a cold connection) would look slow for ever at light load,
+    never be picked and never be measured again. tower's PeakEwma decays the estimate toward
+    zero for the same reason; a decayed estimate, though, makes every idle endpoint look
+    *better* than the busy ones, which turns weighted shares into round robin at light load.
+    Staleness re-explores without that bias. How long an estimate stays fresh scales with the
+    latency it records (re-measuring costs about one request's latency): ``DECAY_SCALE`` of its
+    own latencies, at least ``DECAY_FLOOR`` s, at most ``decay_tau`` s. A 60 ms cold-connection
+    outlier among 20 ms endpoints is re-measured after about a second; a 5 s answer after 10 s.
 
     Failures do not count as latency samples; they add a *penalty* (at least ``penalty``
     seconds) that fades with time constant ``penalty_tau``. So a fast 429 or 500 makes the
@@ -26,11 +33,15 @@ class PeakEwma:
     fastest), and an endpoint that stopped failing is tried again after a few ``penalty_tau``
     without anyone having to probe it.
 
-    ``cost`` is the estimate as of the last sample (what stats show); ``estimate(now)`` is the
-    decayed value and ``current(now)`` adds what is left of the penalty (what routing uses).
+    ``cost`` is the estimate as of the last sample; ``current(now)`` adds what is left of the
+    penalty (what routing uses).
     """
 
+    DECAY_SCALE = 20.0
+    DECAY_FLOOR = 0.5
+
     __slots__ = (
+        "_fresh_for",
         "_penalty",
         "_penalty_stamp",
         "_stamp",
@@ -49,7 +60,7 @@ class PeakEwma:
         decay_tau: float = 10.0,
     ) -> None:
         for label, value in (("tau", tau), ("penalty_tau", penalty_tau), ("decay_tau", decay_tau)):
-            if not value > 0:  # also rejects NaN; float('inf') turns the decay off
+            if not value > 0:  # also rejects NaN; float('inf') means "never stale"
                 raise ValueError(f"PeakEwma.{label} must be > 0 seconds (got {value!r})")
         self.tau = tau
         self.penalty_tau = penalty_tau
@@ -59,37 +70,38 @@ class PeakEwma:
         self._stamp = 0.0
         self._penalty = 0.0
         self._penalty_stamp = 0.0
+        self._fresh_for = decay_tau
+
+    def fresh_for(self) -> float:
+        """How long the current estimate counts after its last sample, in seconds."""
+        return min(self.decay_tau, max(self.DECAY_FLOOR, self.DECAY_SCALE * self.cost))
 
     def estimate(self, now: float) -> float:
-        """The latency estimate at ``now``: ``cost`` decayed toward zero since the last sample."""
-        cost = self.cost
-        elapsed = now - self._stamp
-        if elapsed <= 0 or not cost:
-            return cost
-        return cost * exp(-elapsed / self.decay_tau)
+        """The latency estimate (the last stored one; staleness is :meth:`stale`)."""
+        return self.cost
+
+    def stale(self, now: float) -> bool:
+        """True when the estimate is old enough not to hold against the endpoint any more."""
+        return self.samples > 0 and now - self._stamp > self._fresh_for
 
     def observe(self, rtt: float, now: float) -> None:
-        """A measured latency. It starts from the decayed estimate: above it, it replaces it."""
-        if self.samples == 0:
+        """A measured latency: above the estimate (or on a stale one), it replaces it."""
+        if self.samples == 0 or rtt > self.cost or now - self._stamp > self._fresh_for:
             self.cost = rtt
         else:
-            base = self.estimate(now)
-            if rtt > base:
-                self.cost = rtt
-            else:
-                elapsed = now - self._stamp
-                w = exp(-elapsed / self.tau) if elapsed > 0 else 1.0
-                self.cost = base * w + rtt * (1.0 - w)
+            elapsed = now - self._stamp
+            w = exp(-elapsed / self.tau) if elapsed > 0 else 1.0
+            self.cost = self.cost * w + rtt * (1.0 - w)
         self._stamp = now
         self.samples += 1
+        self._fresh_for = self.fresh_for()
 
     def observe_at_least(self, elapsed: float, now: float) -> None:
         """An attempt was abandoned after ``elapsed`` seconds (a hedge that lost, a caller that
         gave up): its latency is at least that. Without this, an endpoint whose requests are
         always cancelled would never be measured and would keep looking new. A lower bound
-        below the current estimate says nothing, so it leaves the estimate (and its decay)
-        alone."""
-        if self.samples == 0 or elapsed > self.estimate(now):
+        below the current estimate says nothing, so it leaves the estimate alone."""
+        if self.samples == 0 or elapsed > self.cost or self.stale(now):
             self.observe(elapsed, now)
 
     def penalty(self, now: float) -> float:
@@ -114,12 +126,7 @@ class PeakEwma:
         return self.samples > 0 or self._penalty > 0
 
     def current(self, now: float) -> float:
-        """Decayed latency estimate plus what is left of the failure penalty."""
-        # estimate() inlined: this runs for every candidate of every selection
-        cost = self.cost
-        elapsed = now - self._stamp
-        if elapsed > 0 and cost:
-            cost *= exp(-elapsed / self.decay_tau)
+        """Latency estimate plus what is left of the failure penalty."""
         if self._penalty:
-            cost += self.penalty(now)
-        return cost
+            return self.cost + self.penalty(now)
+        return self.cost

@@ -217,9 +217,7 @@ class ErrorPolicy:
                 fault=Fault.CALLER,
             )
         # An unknown 4xx: assume it is that endpoint's problem, not the request's.
-        return Failure(
-            "server_error", status, True, exc, body=body, message=f"HTTP {status}"
-        )
+        return Failure("server_error", status, True, exc, body=body, message=f"HTTP {status}")
 
 
 def _short(exc: BaseException) -> str:

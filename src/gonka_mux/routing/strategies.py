@@ -158,9 +158,7 @@ class PowerOfTwoChoices(_WeightPrefix):
             if first is None:
                 first = ep
                 continue
-            # _pick inlined: this is the path of nearly every selection in a large pool
-            limit = ep.score(default_cost, now) * (1.0 + self.tolerance) + _SLACK
-            return first if first.score(default_cost, now) <= limit else ep
+            return self._pick(first, ep, now, default_cost)
         if first is not None:
             return first
         live = _scan(endpoints, now, exclude)
@@ -172,28 +170,43 @@ class PowerOfTwoChoices(_WeightPrefix):
         return self._pick(a, b, now, default_cost)
 
     def _pick(self, a: Endpoint, b: Endpoint, now: float, default_cost: float) -> Endpoint:
-        """``a`` unless ``b`` scores better by more than the tolerance band."""
-        sa = a.score(default_cost, now)
-        sb = b.score(default_cost, now)
-        return a if sa <= sb * (1.0 + self.tolerance) + _SLACK else b
+        """``a`` unless ``b`` scores better by more than the tolerance band. A stale estimate
+        (see ``PeakEwma.stale``) is not held against its endpoint: it counts as the other's."""
+        ua, la = a.unit_cost(default_cost, now), a.inflight + a.external_load + 1.0
+        ub, lb = b.unit_cost(default_cost, now), b.inflight + b.external_load + 1.0
+        if ua > ub and b.ewma.known and a.is_stale(now):
+            ua = ub
+        elif ub > ua and a.ewma.known and b.is_stale(now):
+            ub = ua
+        return a if ua * la <= ub * lb * (1.0 + self.tolerance) + _SLACK else b
 
     def _scan_select(self, endpoints, now, exclude, default_cost):
         live = []
-        best = math.inf
+        best_unit = math.inf  # the best per-request cost among fresh estimates
         for ep in endpoints:
             if ep in exclude or not ep.selectable(now):
                 continue
-            s = ep.score(default_cost, now)
-            live.append((s, ep))
-            if s < best:
-                best = s
+            unit = ep.unit_cost(default_cost, now)
+            stale = ep.is_stale(now)
+            live.append((unit, ep.inflight + ep.external_load + 1.0, stale, ep))
+            if not stale and unit < best_unit and ep.ewma.known:
+                best_unit = unit
         if len(live) <= 1:
-            return live[0][1] if live else None
+            return live[0][3] if live else None
+        scored = []
+        best = math.inf
+        for unit, load, stale, ep in live:
+            if stale and unit > best_unit:
+                unit = best_unit  # forgotten, not held against it: it competes as an equal
+            score = unit * load
+            scored.append((score, ep))
+            if score < best:
+                best = score
         limit = best * (1.0 + self.tolerance) + _SLACK
         band = []
         total = 0.0
-        for s, ep in live:
-            if s <= limit:
+        for score, ep in scored:
+            if score <= limit:
                 band.append(ep)
                 total += ep.weight
         if len(band) == 1:
