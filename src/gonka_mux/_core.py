@@ -35,11 +35,12 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from ._registry import DEFAULT_POOL, EndpointRegistry, Pool
 from ._validate import check_call
 from .endpoint import Endpoint
+from .features import Slot
 from .routing.budget import RetryBudget
 from .routing.health import HealthPolicy
 from .routing.hedging import HedgePolicy
@@ -60,6 +61,7 @@ __all__ = [
 ]
 
 _default_error_policy = ErrorPolicy()
+T = TypeVar("T")
 
 # Keyword arguments of create() that belong to gonka_mux, not to the OpenAI request body.
 MUX_KWARGS = frozenset(
@@ -180,7 +182,9 @@ class RequestContext:
         "error",
         "extras",
         "failed_over",
+        "finish_reason",
         "hedged",
+        "hide_usage_chunk",
         "kind",
         "model",
         "options",
@@ -188,8 +192,10 @@ class RequestContext:
         "request_id",
         "requested_model",
         "response",
+        "slots",
         "status",
         "stream",
+        "stream_message",
         "t_first_byte",
         "t_start",
         "upstream_model",
@@ -217,7 +223,22 @@ class RequestContext:
         self.hedged = False
         self.failed_over = False
         self.response: Any = None
+        # a stream's assembled reply and finish reason, once it has ended
+        self.stream_message: dict[str, Any] | None = None
+        self.finish_reason: str | None = None
+        # the core asked upstream for a usage chunk the caller did not ask for
+        self.hide_usage_chunk = False
+        # features' typed per-request data (gonka_mux.features.Slot -> value)
+        self.slots: dict[Slot[Any], Any] = {}
+        # free-form notes for your own extensions (the package's features use slots)
         self.extras: dict[str, Any] = {}
+
+    def get(self, slot: Slot[T]) -> T | None:
+        """A feature's data about this request (None when it has set none)."""
+        return self.slots.get(slot)  # type: ignore[no-any-return]
+
+    def set(self, slot: Slot[T], value: T) -> None:
+        self.slots[slot] = value
 
     @property
     def latency(self) -> float:
@@ -352,7 +373,10 @@ class MuxCore:
         self.budget = s.build_budget()
         self.stop: StopCondition = s.build_stop()
         self.registry = EndpointRegistry(s.health, latency_decay=s.latency_decay)
+        # before/after hooks, in the order their ``order`` numbers give (a new list on each
+        # change, so a request iterating the old one is unaffected)
         self.extensions: list[Extension] = []
+        self._ordered: list[tuple[int, int, Extension]] = []
         self.on_failure_hooks: list[Callable[[Endpoint, Failure], None]] = []
         # async callables run by aclose(), first registered last (refresh managers, monitors)
         self.closers: list[Callable[[], Awaitable[None]]] = []
@@ -367,6 +391,17 @@ class MuxCore:
         self._reapers: set[asyncio.Task[Any]] = set()
         self._types: Any = None
         self._timeouts: dict[tuple[float, float], Any] = {}
+
+    def add_extension(self, extension: Extension, order: int = 100) -> None:
+        """Run ``extension``'s hooks around every request: ``before`` hooks in ascending
+        ``order``, ``after`` hooks in descending order (ties: first added, first before)."""
+        self._ordered.append((order, len(self._ordered), extension))
+        self._ordered.sort(key=lambda item: (item[0], item[1]))
+        self.extensions = [ext for _, _, ext in self._ordered]
+
+    def remove_extension(self, extension: Extension) -> None:
+        self._ordered = [item for item in self._ordered if item[2] is not extension]
+        self.extensions = [ext for _, _, ext in self._ordered]
 
     # -- the registry, as the rest of the package has always read it ----------------------
     @property
@@ -449,7 +484,7 @@ class MuxCore:
                         **ctx.params,
                         "stream_options": {**(so or {}), "include_usage": True},
                     }
-                    ctx.extras["hide_usage_chunk"] = True
+                    ctx.hide_usage_chunk = True
             state = RouteState(
                 kind, ctx, self.resolve(ctx.model), request_options, self.budget, payload
             )

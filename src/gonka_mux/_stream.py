@@ -129,7 +129,7 @@ class AsyncChunkStream:
         self._upstream = success.result
         self._first: Any = success.first
         self._done = False
-        self._hide_usage = bool(ctx.extras.get("hide_usage_chunk"))
+        self._hide_usage = ctx.hide_usage_chunk
         self._deadline_at = ctx.deadline_at
         self.partial = _Partial()
         self.response = getattr(self._upstream, "response", None)
@@ -199,8 +199,8 @@ class AsyncChunkStream:
             return
         self._done = True
         ctx = self._ctx
-        ctx.extras["stream_message"] = self.partial.message()
-        ctx.extras["finish_reason"] = self.partial.finish_reason
+        ctx.stream_message = self.partial.message()
+        ctx.finish_reason = self.partial.finish_reason
         if exc is not None or reason is not None:
             from .errors import StreamInterrupted
 

@@ -56,7 +56,6 @@ Environment variables override the file for the common settings: ``GONKA_MUX_STR
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import os
 import sys
 from collections.abc import Mapping
@@ -65,6 +64,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ._core import RoutingSettings
 from ._exceptions import ConfigError
+from .features import feature_classes, feature_sections
 from .routing.health import HealthPolicy
 from .routing.hedging import HedgePolicy
 
@@ -80,21 +80,13 @@ __all__ = ["build_from_config", "load_config", "routing_settings", "settings_wit
 
 T = TypeVar("T")
 
-KNOWN_SECTIONS = {
-    "routing",
-    "aliases",
-    "endpoints",
-    "gonka",
-    "limits",
-    "metering",
-    "tiering",
-    "sessions",
-    "memory",
-    "webhooks",
-    "gateway",
-    "vllm",
-    "prices",
-}
+# The core's own sections; each feature adds its own (gonka_mux.features.feature_sections).
+CORE_SECTIONS = {"routing", "aliases", "endpoints", "gonka", "gateway", "vllm"}
+
+
+def known_sections() -> set[str]:
+    return CORE_SECTIONS | feature_sections()
+
 
 _ENV = {
     "GONKA_MUX_STRATEGY": ("strategy", str),
@@ -309,13 +301,14 @@ _ENDPOINT_KEYS = {
 
 def build_from_config(cls: type[T], source: str | os.PathLike[str] | Mapping[str, Any]) -> T:
     data, name = load_config(source)
+    known = known_sections()
     for section in data:
-        if section not in KNOWN_SECTIONS:
+        if section not in known:
             raise ConfigError(
                 "unknown section",
                 source=name,
                 key=section,
-                expected="one of " + ", ".join(sorted(KNOWN_SECTIONS)),
+                expected="one of " + ", ".join(sorted(known)),
             )
     settings = routing_settings(data, name)
     if "gonka" in data:
@@ -398,9 +391,10 @@ def _reject_leftover(section: Mapping[str, Any], source: str, key: str, expected
 
 
 def _vllm_section(mux: Any, data: Mapping[str, Any], source: str) -> None:
-    """``[vllm]`` (base_url, health_url, interval) or ``GONKA_VLLM_BASE_URL`` registers a vLLM
-    node: the sync face registers it now, the async face with ``mux.on_start`` (on the loop
-    that serves it: now if that loop is running, else before the first request)."""
+    """``[vllm]`` (base_url, health_url, interval) or ``GONKA_VLLM_BASE_URL`` adds a vLLM node
+    as an endpoint source (:class:`~gonka_mux.vllm_node.VllmNodeSource`): started on the loop
+    that serves it (now if that loop is running, else before the first request); a node that
+    is down then keeps being polled in the background and joins when it reports its models."""
     section = dict(_mapping(data.get("vllm", {}), source, "vllm"))
     base_url = section.pop("base_url", None) or os.environ.get("GONKA_VLLM_BASE_URL") or None
     if base_url is None and "vllm" not in data:
@@ -408,15 +402,9 @@ def _vllm_section(mux: Any, data: Mapping[str, Any], source: str) -> None:
     health_url = section.pop("health_url", None) or os.environ.get("GONKA_VLLM_HEALTH_URL")
     interval = _typed(section.pop("interval", 2.0), float, source, "vllm.interval")
     _reject_leftover(section, source, "vllm", "base_url, health_url, interval")
-    add = mux.add_vllm_node
-    if not inspect.iscoroutinefunction(add):  # the sync face: registered now, on its own loop
-        add(base_url, health_url=health_url, interval=interval)
-        return
+    from .vllm_node import VllmNodeSource
 
-    async def start() -> None:
-        await add(base_url, health_url=health_url, interval=interval)
-
-    mux.on_start(start)
+    mux.add_source(VllmNodeSource(base_url, health_url=health_url, interval=interval))
 
 
 def gonka_settings(section: Any, source: str = "<dict>") -> GonkaConfig:
@@ -455,86 +443,10 @@ def gonka_settings(section: Any, source: str = "<dict>") -> GonkaConfig:
 
 
 def apply_feature_sections(mux: Any, data: Mapping[str, Any], source: str) -> None:
-    """Turn on the agent features whose sections are present (tiering, webhooks, ...)."""
-    if "limits" in data:
-        section = dict(_mapping(data["limits"], source, "limits"))
-        backend = section.pop("backend", "memory")
-        path = section.pop("path", None)
-        redis_url = section.pop("redis_url", None)
-        if backend not in ("memory", "sqlite", "redis"):
-            raise ConfigError(
-                f"got {backend!r}",
-                source=source,
-                key="limits.backend",
-                expected="'memory', 'sqlite' or 'redis'",
-            )
-        mux.enable_limits(section, backend=backend, path=path, redis_url=redis_url)
-    if "metering" in data or "prices" in data:
-        section = dict(_mapping(data.get("metering", {}), source, "metering"))
-        if section.pop("enabled", True):
-            store = section.pop("store", "sqlite")
-            path = section.pop("path", None)
-            if store not in ("sqlite", "memory"):
-                raise ConfigError(
-                    f"got {store!r}",
-                    source=source,
-                    key="metering.store",
-                    expected="'sqlite' or 'memory'",
-                )
-            _reject_leftover(section, source, "metering", "enabled, store, path")
-            prices = data.get("prices")
-            mux.enable_metering("memory" if store == "memory" else None, path=path, prices=prices)
-    if "sessions" in data:
-        section = dict(_mapping(data["sessions"], source, "sessions"))
-        store = section.pop("store", "disk")
-        path = section.pop("path", None)
-        if path is not None and store == "disk":
-            from .sessions import DiskSessionStore
-
-            store = DiskSessionStore(path)
-        ttl = section.pop("ttl", None)
-        windows = section.pop("context_windows", None)
-        _reject_leftover(
-            section,
-            source,
-            "sessions",
-            "store ('memory', 'disk' or a redis:// URL), path, ttl, context_windows",
-        )
-        try:
-            mux.enable_sessions(store, ttl=ttl, context_windows=windows)
-        except ValueError as exc:
-            raise ConfigError(str(exc), source=source, key="sessions") from None
-    if "memory" in data:
-        section = dict(_mapping(data["memory"], source, "memory"))
-        path = section.pop("path", None)
-        model = section.pop("embedding_model", None)
-        _reject_leftover(
-            section, source, "memory", "path, embedding_model (embeds through the Multiplexer)"
-        )
-        mux.enable_memory(path, embedder="mux" if model else None, embedding_model=model)
+    """Install every registered feature whose section is present (each feature parses and
+    validates its own section), then register a ``[vllm]`` node."""
+    for feature_class in feature_classes():
+        feature = feature_class.from_config(data, source)
+        if feature is not None:
+            feature.install(mux)
     _vllm_section(mux, data, source)
-    if "tiering" in data:
-        from .tiering import TieringPolicy
-
-        mux.enable_tiering(TieringPolicy.from_config(data["tiering"], source=source))
-    if "webhooks" in data:
-        from .webhooks import DeliveryPolicy
-
-        section = dict(_mapping(data["webhooks"], source, "webhooks"))
-        path = section.pop("path", None)
-        concurrency = section.pop("max_concurrency", None)
-        try:
-            policy = DeliveryPolicy(**section)
-        except TypeError as exc:
-            raise ConfigError(
-                str(exc),
-                source=source,
-                key="webhooks",
-                expected="path, max_concurrency, max_attempts, initial, max_delay, jitter, timeout",
-            ) from None
-        options: dict[str, Any] = {"delivery_policy": policy}
-        if concurrency is not None:
-            options["max_concurrency"] = _typed(
-                concurrency, int, source, "webhooks.max_concurrency"
-            )
-        mux.configure_jobs(path=path, **options)

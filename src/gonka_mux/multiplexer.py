@@ -22,11 +22,20 @@ from ._core import (
     CallOptions,
     Extension,
     MuxCore,
+    RequestContext,
     RequestKind,
     RoutingSettings,
 )
+from ._clients import ClientFactory
 from ._portal import Portal
 from .endpoint import Endpoint, EndpointTier
+from .features import Feature
+from .limits.feature import LimitsFeature
+from .memory.feature import MemoryFeature
+from .metering.feature import MeteringFeature
+from .sessions.feature import SessionsFeature
+from .tiering.feature import TieringFeature
+from .webhooks.feature import JobsFeature
 
 if TYPE_CHECKING:
     from .routing.outcome import ErrorPolicy, Failure
@@ -214,27 +223,23 @@ class _MuxBase:
     config: dict[str, Any]
 
     def _init_features(self) -> None:
-        from ._clients import ClientFactory
-
         self._clients = ClientFactory(self._core.closers)  # shared HTTP client of URL endpoints
         self.config = {}
         self.limiter: Any = None
         self.meter: Any = None
         self.sessions: Any = None
+        self.memory: Any = None
+        self.features: dict[str, Feature] = {}
         self._epoch_watchers: list[Any] = []
         self.vllm_monitors: dict[str, Any] = {}
-        self.memory: Any = None
-        self._jobs: Any = None
-        self._jobs_store: Any = None
-        self._jobs_path: Any = None
-        self._jobs_options: dict[str, Any] = {}
         self._background: set[asyncio.Task[Any]] = set()
 
     @property
     def jobs(self) -> Any:
         """The ``JobRunner`` behind ``submit()`` (None before the first submit/start_jobs):
         ``mux.jobs.get(job_id)`` gives a job's status and result."""
-        return self._jobs
+        feature = self.features.get("jobs")
+        return getattr(feature, "runner", None)
 
     def add_endpoint(
         self,
@@ -312,9 +317,38 @@ class _MuxBase:
             raise ValueError("add_alias needs a non-empty alias and model")
         self._core.aliases[alias] = model
 
-    def add_extension(self, extension: Extension) -> None:
-        """Add a before/after hook that runs around every request."""
-        self._core.extensions.append(extension)
+    def add_extension(self, extension: Extension, *, order: int = 100) -> None:
+        """Run ``extension.before(ctx)`` / ``after(ctx)`` around every request. ``order``:
+        ``before`` hooks run in ascending order, ``after`` hooks in descending order (the
+        built-in features use 10-40, so the default 100 runs after them)."""
+        self._core.add_extension(extension, order)
+
+    def remove_extension(self, extension: Extension) -> None:
+        self._core.remove_extension(extension)
+
+    def add_feature(self, feature: Feature) -> Feature:
+        """Install a :class:`~gonka_mux.features.Feature`: its hooks at its ``order`` and its
+        ``aclose`` when the Multiplexer closes. One feature per name."""
+        if feature.name in self.features:
+            raise ValueError(f"the {feature.name!r} feature is already enabled on this Multiplexer")
+        self.features[feature.name] = feature
+        if feature.hooks:
+            self._core.add_extension(feature, feature.order)
+        self.on_close(feature.aclose)
+        return feature
+
+    def set_endpoint_gate(
+        self, gate: Callable[[Endpoint, RequestContext], Awaitable[Any]] | None
+    ) -> None:
+        """``await gate(endpoint, ctx)`` before each attempt: a falsy answer skips that endpoint
+        for this request (a ``retry_after`` attribute says when it would fit), as endpoint rate
+        limits do."""
+        self._core.endpoint_gate = gate
+
+    def want_stream_usage(self) -> None:
+        """Ask streams for their usage chunk even when the caller did not (metering, limits);
+        the caller does not see a chunk it did not ask for."""
+        self._core.wants_stream_usage = True
 
     # -- the extension surface: what Gonka, brokers, vLLM nodes, the gateway and adapters use -
     def register_endpoint(self, endpoint: Endpoint) -> Endpoint:
@@ -455,19 +489,11 @@ class _MuxBase:
     def endpoints(self) -> list[Endpoint]:
         return list(self._core.endpoints.values())
 
-    # -- agent features -------------------------------------------------------------------
+    # -- agent features: thin doors over gonka_mux.features ----------------------------------
     def enable_tiering(self, policy: Any) -> Any:
         """Route ``model="auto"`` (or a ``tier=`` hint) by rules: a ``TieringPolicy``, a dict
         in the ``[tiering]`` config shape, or a TOML path. Returns the policy."""
-        from .hooks.tiering import TieringHook
-        from .tiering import TieringPolicy
-
-        if isinstance(policy, Mapping):
-            policy = TieringPolicy.from_config(policy)
-        elif isinstance(policy, (str, os.PathLike)):
-            policy = TieringPolicy.from_toml(policy)
-        self._core.extensions.insert(0, TieringHook(policy))  # first: it picks the model
-        return policy
+        return TieringFeature(policy).install(self)
 
     def enable_limits(
         self,
@@ -486,22 +512,14 @@ class _MuxBase:
         ``"sqlite"`` (several processes on one host, file at ``path``), ``"redis"`` (many hosts,
         ``redis_url``) or a backend object. Returns the ``RateLimiter`` (also ``mux.limiter``).
         """
-        from .hooks.limits import LimitsHook
-        from .limits import LimitsConfig, RateLimiter
-
-        if config is None or isinstance(config, Mapping):
-            config = LimitsConfig.from_dict(config)
-        if isinstance(backend, str):
-            backend = _limit_backend(backend, path, redis_url)
-        limiter = RateLimiter(backend, config)
-        hook = LimitsHook(limiter, default_max_tokens=default_max_tokens)
-        self._core.extensions.append(hook)
-        if config.endpoints:
-            self._core.endpoint_gate = hook.endpoint_gate
-        self._core.wants_stream_usage = True
-        self._core.closers.append(limiter.aclose)
-        self.limiter = limiter
-        return limiter
+        feature = LimitsFeature(
+            config,
+            backend=backend,
+            path=path,
+            redis_url=redis_url,
+            default_max_tokens=default_max_tokens,
+        )
+        return feature.install(self)
 
     def enable_metering(
         self,
@@ -518,27 +536,7 @@ class _MuxBase:
         tokens. Writes happen on a background thread; ``aclose()`` flushes them. Returns the
         ``Meter`` (also ``mux.meter``); query it with ``gonka_mux.metering.UsageQuery``.
         """
-        from .hooks.metering import MeteringHook
-        from .metering import MemoryUsageStore, Meter, Prices, SqliteUsageStore
-
-        if store is None:
-            store = SqliteUsageStore(path)
-        elif store == "memory":
-            store = MemoryUsageStore()
-        if isinstance(prices, Mapping):
-            prices = Prices.from_dict(prices)
-        meter = Meter(store, prices, **meter_options)
-        self._core.extensions.append(MeteringHook(meter))
-        self._core.wants_stream_usage = True
-
-        async def close_meter() -> None:
-            import asyncio
-
-            await asyncio.to_thread(meter.close)
-
-        self._core.closers.append(close_meter)
-        self.meter = meter
-        return meter
+        return MeteringFeature(store, path=path, prices=prices, **meter_options).install(self)
 
     def enable_sessions(
         self,
@@ -558,25 +556,10 @@ class _MuxBase:
         Returns the ``SessionManager`` (also ``mux.sessions``: get, list, delete, export,
         import_).
         """
-        from .hooks.sessions import SessionsHook
-        from .sessions import SessionManager
-
-        store = _session_store(store)
-        windows = {
-            model: ep.context_window
-            for ep in self._core.endpoints.values()
-            if ep.context_window
-            for model in ep.models
-        }
-        windows.update(context_windows or {})
-        manager = SessionManager(store, ttl=ttl, context_windows=windows, **manager_options)
-        hook = SessionsHook(manager)
-        # after tiering (which picks the model), before limits (which count the full prompt)
-        position = 1 if self._core.extensions and _is_tiering(self._core.extensions[0]) else 0
-        self._core.extensions.insert(position, hook)
-        self._core.closers.append(manager.aclose)
-        self.sessions = manager
-        return manager
+        feature = SessionsFeature(
+            store, ttl=ttl, context_windows=context_windows, **manager_options
+        )
+        return feature.install(self)
 
     def enable_memory(
         self,
@@ -590,20 +573,10 @@ class _MuxBase:
         per namespace, BM25-ranked over SQLite FTS5, persistent at ``path`` (default: the state
         directory). ``embedder``: any callable, or ``"mux"`` to embed through this Multiplexer
         with ``embedding_model``, for hybrid ranking."""
-        from .memory import MemoryStore
-
-        if embedder == "mux":
-            embedder = self
-        store = MemoryStore(
+        feature = MemoryFeature(
             path, embedder=embedder, embedding_model=embedding_model, **store_options
         )
-        self.memory = store
-
-        async def close_memory() -> None:
-            store.close()
-
-        self._core.closers.append(close_memory)
-        return store
+        return feature.install(self)
 
     async def _add_vllm_node(
         self,
@@ -614,89 +587,59 @@ class _MuxBase:
         interval: float,
         endpoint_options: dict[str, Any],
     ) -> Endpoint:
-        import time as _time
+        # A thin door over VllmNodeSource, the endpoint source that owns the node's monitor and
+        # maps its health to the lifecycle (mark_ready / mark_draining / mark_down).
+        from .vllm_node import VllmNodeSource
 
-        from .vllm_node import VllmNodeMonitor, node_from_env
-
-        if url is None:
-            url, env_health = node_from_env()
-            health_url = health_url or env_health
-        holder: dict[str, Endpoint] = {}
-
-        def on_update(snapshot: Any) -> None:
-            ep = holder.get("ep")
-            if ep is None or ep.removed:
-                return
-            ep.external_load = snapshot.queue_depth
-            if snapshot.ready:
-                # back from a restart: traffic now, not after an ejection runs out
-                # (its health report is newer than the failures that ejected it; a 429
-                # cooldown is the node's own word and is left to run out)
-                state = ep.health.state(_time.monotonic())
-                if ep.lifecycle != "active" or state in ("ejected", "probing"):
-                    self.mark_ready(ep)
-            elif snapshot.state == "draining":
-                self.mark_draining(ep)  # in-flight requests finish; no new ones
-            else:
-                self.mark_down(ep)  # starting or unreachable
-
-        monitor = VllmNodeMonitor(
-            url, health_url=health_url, interval=interval, on_update=on_update, api_key=api_key
-        )
-        snapshot = await monitor.start()
-        if not snapshot.models:
-            await monitor.aclose()
-            raise ValueError(
-                f"the vLLM node at {url} reported no models ({snapshot.state}"
-                + (f": {snapshot.error}" if snapshot.error else "")
-                + "); check that it is running, or use add_endpoint(..., models=[...])"
-            )
-        base_url = url.rstrip("/")
-        if not base_url.endswith("/v1"):
-            base_url += "/v1"
-        ep = self.add_endpoint(
-            base_url,
-            models=list(snapshot.models),
+        models = endpoint_options.pop("models", None)
+        source = VllmNodeSource(
+            url,
+            health_url=health_url,
             name=name,
             api_key=api_key,
-            kind="vllm",
+            interval=interval,
+            models=models,
             **endpoint_options,
         )
-        holder["ep"] = ep
-        on_update(snapshot)
-        self._core.closers.append(monitor.aclose)
-        self.vllm_monitors[ep.name] = monitor
-        return ep
+        await source.start(self)
+        if source.endpoint is None:
+            snapshot = source.monitor.snapshot
+            await source.aclose()
+            raise ValueError(
+                f"the vLLM node at {source.url} reported no models ({snapshot.state}"
+                + (f": {snapshot.error}" if snapshot.error else "")
+                + "); check that it is running, pass models=[...] to register it now (it "
+                "joins the rotation when it is ready), or use "
+                "mux.add_source(VllmNodeSource(url)) to add it whenever it comes up"
+            )
+        self.on_close(source.aclose)
+        self.vllm_monitors[source.endpoint.name] = source.monitor
+        return source.endpoint
 
     def configure_jobs(
         self, store: Any = None, *, path: str | os.PathLike[str] | None = None, **runner_kwargs: Any
     ) -> None:
         """Choose the job store (default: SQLite in the state directory) and JobRunner options
         (``delivery_policy=``, ``max_concurrency=``...) before the first ``submit``."""
-        if self._jobs is not None:
-            raise RuntimeError("configure_jobs() must be called before the first submit()")
-        self._jobs_store = store
-        self._jobs_path = path
-        self._jobs_options = runner_kwargs
+        feature = self.features.get("jobs")
+        if feature is not None:
+            if feature.started:  # type: ignore[attr-defined]
+                raise RuntimeError("configure_jobs() must be called before the first submit()")
+            self.features.pop("jobs")
+            self.remove_extension(feature)
+        JobsFeature(store, path=path, **runner_kwargs).install(self)
+
+    async def execute_job(self, params: dict[str, Any]) -> dict[str, Any]:
+        """Run one background job's chat completion (what the job runner calls)."""
+        body, request_options, options = _split(dict(params))
+        result = await self._core.execute(CHAT, body, request_options, options, stream=False)
+        return result.model_dump(mode="json", exclude_unset=True)  # type: ignore[no-any-return]
 
     async def _job_runner(self) -> Any:
-        if self._jobs is None:
-            from .webhooks import JobRunner, SQLiteJobStore
-
-            store = self._jobs_store
-            if store is None:
-                store = SQLiteJobStore(self._jobs_path)
-            core = self._core
-
-            async def execute(params: dict[str, Any]) -> dict[str, Any]:
-                body, request_options, options = _split(dict(params))
-                result = await core.execute(CHAT, body, request_options, options, stream=False)
-                return result.model_dump(mode="json", exclude_unset=True)
-
-            runner = JobRunner(store, execute, **self._jobs_options)
-            await runner.start()
-            self._jobs = runner
-        return self._jobs
+        feature = self.features.get("jobs")
+        if feature is None:
+            feature = JobsFeature().install(self)
+        return await feature.start()  # type: ignore[attr-defined]
 
     async def _submit(
         self,
@@ -741,48 +684,6 @@ class _MuxBase:
             }
             for w in self._epoch_watchers
         ]
-
-
-def _is_tiering(ext: Any) -> bool:
-    from .hooks.tiering import TieringHook
-
-    return isinstance(ext, TieringHook)
-
-
-def _session_store(store: Any) -> Any:
-    if store is None or store == "disk":
-        from .sessions import DiskSessionStore
-
-        return DiskSessionStore()
-    if store == "memory":
-        from .sessions import MemorySessionStore
-
-        return MemorySessionStore()
-    if isinstance(store, str) and store.startswith(("redis://", "rediss://", "unix://")):
-        from .sessions import RedisSessionStore
-
-        return RedisSessionStore(store)
-    if isinstance(store, str):
-        raise ValueError(
-            f"unknown session store {store!r}: use 'memory', 'disk', a redis:// URL or a store"
-        )
-    return store
-
-
-def _limit_backend(kind: str, path: Any, redis_url: str | None) -> Any:
-    if kind == "memory":
-        from .limits import MemoryLimitBackend
-
-        return MemoryLimitBackend()
-    if kind == "sqlite":
-        from .limits import SqliteLimitBackend
-
-        return SqliteLimitBackend(path)
-    if kind == "redis":
-        from .limits import RedisLimitBackend
-
-        return RedisLimitBackend(redis_url)
-    raise ValueError(f"unknown limits backend {kind!r}: use 'memory', 'sqlite' or 'redis'")
 
 
 def _unique_name(core: MuxCore, base: str) -> str:
@@ -853,13 +754,16 @@ class AsyncMultiplexer(_MuxBase):
     ) -> Endpoint:
         """Register a vLLM node: its models are discovered, and its queue depth (from the
         gonka-serve health sidecar at ``health_url``, else vLLM's /metrics) feeds the router as
-        a load signal every ``interval`` seconds; a node that is not ready is skipped.
-        ``url`` defaults to ``GONKA_VLLM_BASE_URL`` (``http://localhost:8000``)."""
+        a load signal every ``interval`` seconds. Its health drives the lifecycle: out of
+        rotation while starting or down, no new requests while draining, back within one poll
+        of being ready. ``url`` defaults to ``GONKA_VLLM_BASE_URL`` (``http://localhost:8000``).
+        A node that reports no models raises ValueError, unless ``models=[...]`` is given (then
+        it is registered now and joins when ready); ``mux.add_source(VllmNodeSource(...))``
+        instead keeps polling a node that is down and adds it when it comes up."""
         return await self._add_vllm_node(url, health_url, name, api_key, interval, endpoint_options)
 
     async def aclose(self) -> None:
-        if self._jobs is not None:
-            await self._jobs.aclose()
+        """Close clients, stop background work, close every store the features opened."""
         await self._core.aclose()
 
     close = aclose
@@ -991,14 +895,9 @@ class Multiplexer(_MuxBase):
 
     def close(self) -> None:
         """Close clients, flush metering, stop background work (refresh, monitors, jobs)."""
-        if self._portal._loop is not None or self._core.closers or self._jobs is not None:
-            self._portal.call(self._aclose_all())
+        if self._portal._loop is not None or self._core.closers:
+            self._portal.call(self._core.aclose())
         self._portal.close()
-
-    async def _aclose_all(self) -> None:
-        if self._jobs is not None:
-            await self._jobs.aclose()
-        await self._core.aclose()
 
     def __enter__(self) -> Multiplexer:
         return self

@@ -80,7 +80,7 @@ def live(tmp_path_factory):
         async def build() -> tuple[Any, Any]:
             app, state = await make_gateway(list(fleet), tmp)
             mux = state["mux"]
-            mux._jobs_options["http_client"] = httpx.AsyncClient(
+            mux.features["jobs"].runner_options["http_client"] = httpx.AsyncClient(
                 transport=httpx.MockTransport(webhook_sink)
             )
             _, key = state["keys"].create(name="fuzzer")

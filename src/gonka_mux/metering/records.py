@@ -25,7 +25,8 @@ class UsageRecord:
 
     ``model`` is the model the caller asked for; ``served_model`` the one that answered when
     tiering or an alias changed it (``None``: the same). ``cost`` is filled in from the meter's
-    prices when left ``None``. ``status`` is ``"ok"``, ``"error"`` or ``"cancelled"``; ``error``
+    prices when left ``None``. ``status`` is ``"ok"``, ``"error"``, ``"cancelled"`` or
+    ``"interrupted"`` (a stream that broke or ended early after output began); ``error``
     holds a short description (an exception class and HTTP status, never a key).
     """
 

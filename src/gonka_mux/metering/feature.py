@@ -1,0 +1,132 @@
+"""Metering as a Multiplexer feature: the ``[metering]`` and ``[prices]`` sections and one usage
+record per request, written off the hot path by the Meter's writer thread."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+from .._exceptions import ConfigError
+from ..features import ORDER_METERING, Feature, register_feature
+from ..tiering.feature import TIERING_DECISION
+from .meter import Meter
+from .prices import Prices
+from .records import UsageRecord
+from .stores import MemoryUsageStore, SqliteUsageStore
+
+__all__ = ["MeteringFeature"]
+
+_STATUS = {"ok": "ok", "closed": "ok", "cancelled": "cancelled", "interrupted": "interrupted"}
+
+
+def _get(obj: Any, name: str) -> Any:
+    if obj is None:
+        return None
+    if isinstance(obj, dict):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
+
+@register_feature
+class MeteringFeature(Feature):
+    name = "metering"
+    sections = ("metering", "prices")
+    order = ORDER_METERING
+
+    def __init__(
+        self,
+        store: Any = None,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        prices: Prices | Mapping[str, Any] | None = None,
+        **meter_options: Any,
+    ) -> None:
+        if store is None:
+            store = SqliteUsageStore(path)
+        elif store == "memory":
+            store = MemoryUsageStore()
+        if isinstance(prices, Mapping):
+            prices = Prices.from_dict(prices)
+        self.meter = Meter(store, prices, **meter_options)
+
+    @classmethod
+    def from_config(cls, data: Mapping[str, Any], source: str) -> MeteringFeature | None:
+        if "metering" not in data and "prices" not in data:
+            return None
+        section = data.get("metering", {})
+        if not isinstance(section, Mapping):
+            raise ConfigError(f"got {section!r}", source=source, key="metering", expected="a table")
+        section = dict(section)
+        enabled = section.pop("enabled", True)
+        if not isinstance(enabled, bool):
+            raise ConfigError(
+                f"got {enabled!r}", source=source, key="metering.enabled", expected="true or false"
+            )
+        if not enabled:
+            return None
+        store = section.pop("store", "sqlite")
+        if store not in ("sqlite", "memory"):
+            raise ConfigError(
+                f"got {store!r}",
+                source=source,
+                key="metering.store",
+                expected="'sqlite' or 'memory'",
+            )
+        path = section.pop("path", None)
+        if section:
+            raise ConfigError(
+                "unknown key(s) " + ", ".join(sorted(section)),
+                source=source,
+                key="metering",
+                expected="enabled, store, path",
+            )
+        return cls("memory" if store == "memory" else None, path=path, prices=data.get("prices"))
+
+    def install(self, mux: Any) -> Meter:
+        mux.add_feature(self)
+        mux.want_stream_usage()
+        mux.meter = self.meter
+        return self.meter
+
+    async def after(self, ctx: Any) -> None:
+        usage = ctx.usage
+        details = _get(usage, "completion_tokens_details")
+        decision = ctx.get(TIERING_DECISION)
+        error = None
+        if ctx.error is not None:
+            status = getattr(ctx.error, "status_code", None)
+            error = type(ctx.error).__name__ + (f" {status}" if status else "")
+        requested = str(ctx.requested_model or ctx.model)
+        served = str(ctx.model) if ctx.model != ctx.requested_model else None
+        # An attempt that was cancelled because another won is not a request of its own: the
+        # record counts the request once, with the winner's tokens.
+        attempts = sum(1 for a in ctx.attempts if a.reason != "cancelled") or len(ctx.attempts)
+        self.meter.record(
+            UsageRecord(
+                model=requested,
+                time=time.time() - ctx.latency,
+                request_id=ctx.request_id,
+                key=ctx.caller,
+                session_id=ctx.options.session_id,
+                served_model=served,
+                tier=getattr(decision, "tier", None),
+                tiering_reason=getattr(decision, "reason", None),
+                endpoint=ctx.endpoint.name if ctx.endpoint is not None else None,
+                attempts=attempts,
+                prompt_tokens=int(_get(usage, "prompt_tokens") or 0),
+                completion_tokens=int(_get(usage, "completion_tokens") or 0),
+                reasoning_tokens=int(_get(details, "reasoning_tokens") or 0),
+                latency=ctx.latency,
+                ttft=ctx.ttfb,
+                status=_STATUS.get(ctx.status, "error"),
+                error=error,
+                hedged=ctx.hedged,
+                failed_over=ctx.failed_over,
+            )
+        )
+
+    async def aclose(self) -> None:
+        await asyncio.to_thread(self.meter.close)  # flushes the queued records
