@@ -20,9 +20,9 @@ _EXPORTS: dict[str, str] = {
     "AsyncMultiplexer": "gonka_mux.multiplexer",
     "Multiplexer": "gonka_mux.multiplexer",
     "Endpoint": "gonka_mux.endpoint",
-    "RoutingSettings": "gonka_mux._core",
-    "RequestContext": "gonka_mux._core",
-    "Extension": "gonka_mux._core",
+    "RoutingSettings": "gonka_mux.settings",
+    "RequestContext": "gonka_mux.context",
+    "Extension": "gonka_mux.context",
     "EndpointSource": "gonka_mux.sources",
     "HealthPolicy": "gonka_mux.routing",
     "HedgePolicy": "gonka_mux.routing",
@@ -56,7 +56,8 @@ _EXPORTS: dict[str, str] = {
 __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:
-    from ._core import Extension, RequestContext, RoutingSettings
+    from .context import Extension, RequestContext
+    from .settings import RoutingSettings
     from .endpoint import Endpoint
     from .errors import (
         AllEndpointsFailed,

@@ -27,245 +27,50 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import math
 import sys
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 from ._registry import DEFAULT_POOL, EndpointRegistry, Pool
 from ._validate import check_call
+from .context import CHAT, COMPLETIONS, EMBEDDINGS, Extension, RequestContext, RequestKind
 from .endpoint import Endpoint
-from .features import Slot
 from .routing.budget import RetryBudget
-from .routing.health import HealthPolicy
 from .routing.hedging import HedgePolicy
 from .routing.outcome import ErrorPolicy, Failure, Fault
-from .routing.stop import StopAfterAttempt, StopCondition, StopWhenBudgetSpent
-from .routing.strategies import Strategy, strategy_from_name
-from .routing.timeouts import AdaptiveTimeout
+from .routing.stop import StopCondition
+from .routing.strategies import Strategy
+from .settings import (
+    DEFAULT_HEDGING,
+    MUX_KWARGS,
+    OPTION_KWARGS,
+    CallOptions,
+    RoutingSettings,
+)
 
 log = logging.getLogger("gonka_mux.core")
 
 __all__ = [
+    "CHAT",
+    "COMPLETIONS",
+    "DEFAULT_HEDGING",
+    "EMBEDDINGS",
+    "MUX_KWARGS",
+    "OPTION_KWARGS",
     "CallOptions",
     "Extension",
     "MuxCore",
     "RequestContext",
+    "RequestKind",
     "RouteState",
     "RoutingSettings",
 ]
 
 _default_error_policy = ErrorPolicy()
 T = TypeVar("T")
-
-# Keyword arguments of create() that belong to gonka_mux, not to the OpenAI request body.
-MUX_KWARGS = frozenset(
-    {"session_id", "tier", "deadline", "hedge", "caller", "mux_metadata", "route_to"}
-)
-# create() keyword arguments that openai turns into request options, not body fields.
-OPTION_KWARGS = frozenset({"extra_headers", "extra_query", "extra_body", "timeout"})
-
-
-# Hedging at defaults: never before 250 ms, so a burst that only queues on a fast fleet does not
-# double its own load; a hanging endpoint is hedged at max(250 ms, the pool's p95).
-DEFAULT_HEDGING = HedgePolicy(min_delay=0.25)
-
-
-@dataclass
-class RoutingSettings:
-    """Routing and retry settings (see docs/configuration.md and docs/routing.md).
-
-    Policies are values: ``strategy`` takes a name (``"p2c"``, ``"weighted_random"``,
-    ``"round_robin"``) or a strategy instance; ``stop`` a stop condition (default: at most
-    ``max_attempts`` attempts while the retry budget lasts); ``retry_budget`` a
-    :class:`RetryBudget` (default: built from the ``retry_budget_*`` numbers). ``hedging`` is
-    on by default (it only acts when a pool has a spare endpoint); ``hedging=None`` turns it
-    off. ``adaptive_timeout`` shortens the per-attempt first-byte timeout to what the pool's
-    own latency says is abnormal; ``first_byte_timeout`` stays the cap. ``latency_decay``
-    (seconds) is how fast an endpoint's latency estimate fades when it is not used, so an
-    endpoint that answered slowly once is measured again instead of starved.
-    """
-
-    strategy: str | Strategy = "p2c"
-    first_byte_timeout: float = 60.0
-    connect_timeout: float = 10.0
-    deadline: float | None = 600.0
-    max_attempts: int = 4
-    failure_penalty: float = 1.0
-    latency_decay: float = 10.0
-    default_latency: float = 0.1
-    wait_for_capacity: float = 10.0
-    retry_budget_ratio: float = 0.2
-    retry_budget_min_per_second: float = 10.0
-    retry_budget_ttl: float = 10.0
-    health: HealthPolicy = field(default_factory=HealthPolicy)
-    hedging: HedgePolicy | None = field(default_factory=lambda: DEFAULT_HEDGING)
-    adaptive_timeout: AdaptiveTimeout | None = field(default_factory=AdaptiveTimeout)
-    context_fallbacks: dict[str, str] = field(default_factory=dict)
-    seed: int | None = None
-    stop: StopCondition | None = None
-    retry_budget: RetryBudget | None = None
-
-    def __post_init__(self) -> None:
-        for name in ("first_byte_timeout", "connect_timeout", "latency_decay"):
-            value = getattr(self, name)
-            if not _finite_positive(value):
-                raise ValueError(f"{name} must be a finite number > 0 seconds, not {value!r}")
-        if self.deadline is not None and not _finite_positive(self.deadline):
-            raise ValueError(
-                f"deadline must be a finite number > 0 seconds or None, not {self.deadline!r}"
-            )
-        if isinstance(self.max_attempts, bool) or not isinstance(self.max_attempts, int):
-            raise ValueError("max_attempts must be an integer >= 1")
-        if self.max_attempts < 1:
-            raise ValueError("max_attempts must be >= 1")
-        if isinstance(self.strategy, str):
-            strategy_from_name(self.strategy)  # fail early on an unknown name
-        elif not callable(getattr(self.strategy, "select", None)):
-            raise ValueError("strategy must be a name or an object with a select() method")
-
-    def build_strategy(self) -> Strategy:
-        if isinstance(self.strategy, str):
-            return strategy_from_name(self.strategy, self.seed)
-        return self.strategy
-
-    def build_budget(self) -> RetryBudget:
-        if self.retry_budget is not None:
-            return dataclasses.replace(self.retry_budget)  # a fresh bucket, same numbers
-        return RetryBudget(
-            ratio=self.retry_budget_ratio,
-            min_per_second=self.retry_budget_min_per_second,
-            ttl=self.retry_budget_ttl,
-        )
-
-    def build_stop(self) -> StopCondition:
-        if self.stop is not None:
-            return self.stop
-        return StopAfterAttempt(self.max_attempts) | StopWhenBudgetSpent()
-
-
-def _finite_positive(value: Any) -> bool:
-    return (
-        isinstance(value, (int, float))
-        and not isinstance(value, bool)
-        and math.isfinite(value)
-        and value > 0
-    )
-
-
-@dataclass
-class CallOptions:
-    """What the caller asked of gonka_mux for one request (the non-OpenAI keyword arguments)."""
-
-    session_id: str | None = None
-    tier: str | None = None
-    deadline: float | None = None
-    hedge: bool | float | None = None
-    caller: str | None = None
-    metadata: dict[str, Any] | None = None
-    route_to: str | None = None  # pin to one endpoint by name (admin probes, tests)
-
-
-class RequestContext:
-    """Everything known about one request; extensions read and annotate it."""
-
-    __slots__ = (
-        "attempts",
-        "caller",
-        "deadline_at",
-        "endpoint",
-        "error",
-        "extras",
-        "failed_over",
-        "finish_reason",
-        "hedged",
-        "hide_usage_chunk",
-        "kind",
-        "model",
-        "options",
-        "params",
-        "request_id",
-        "requested_model",
-        "response",
-        "slots",
-        "status",
-        "stream",
-        "stream_message",
-        "t_first_byte",
-        "t_start",
-        "upstream_model",
-        "usage",
-    )
-
-    def __init__(self, kind: str, params: dict[str, Any], options: CallOptions, stream: bool):
-        self.request_id = uuid.uuid4().hex
-        self.kind = kind
-        self.params = params
-        self.options = options
-        self.stream = stream
-        self.requested_model = params.get("model")
-        self.model = self.requested_model
-        self.caller = options.caller
-        self.t_start = time.monotonic()
-        self.deadline_at = math.inf
-        self.t_first_byte: float | None = None
-        self.attempts: list[Any] = []
-        self.endpoint: Endpoint | None = None
-        self.upstream_model: str | None = None
-        self.usage: Any = None
-        self.status = "pending"
-        self.error: BaseException | None = None
-        self.hedged = False
-        self.failed_over = False
-        self.response: Any = None
-        # a stream's assembled reply and finish reason, once it has ended
-        self.stream_message: dict[str, Any] | None = None
-        self.finish_reason: str | None = None
-        # the core asked upstream for a usage chunk the caller did not ask for
-        self.hide_usage_chunk = False
-        # features' typed per-request data (gonka_mux.features.Slot -> value)
-        self.slots: dict[Slot[Any], Any] = {}
-        # free-form notes for your own extensions (the package's features use slots)
-        self.extras: dict[str, Any] = {}
-
-    def get(self, slot: Slot[T]) -> T | None:
-        """A feature's data about this request (None when it has set none)."""
-        return self.slots.get(slot)  # type: ignore[no-any-return]
-
-    def set(self, slot: Slot[T], value: T) -> None:
-        self.slots[slot] = value
-
-    @property
-    def latency(self) -> float:
-        return time.monotonic() - self.t_start
-
-    @property
-    def ttfb(self) -> float | None:
-        return None if self.t_first_byte is None else self.t_first_byte - self.t_start
-
-
-class Extension(Protocol):
-    """A before/after hook around every request (sessions, tiering, limits, metering)."""
-
-    async def before(self, ctx: RequestContext) -> None: ...
-
-    async def after(self, ctx: RequestContext) -> None: ...
-
-
-@dataclass(frozen=True)
-class RequestKind:
-    name: str
-    path: str
-
-
-CHAT = RequestKind("chat", "/chat/completions")
-COMPLETIONS = RequestKind("completions", "/completions")
-EMBEDDINGS = RequestKind("embeddings", "/embeddings")
 
 
 class RouteState:

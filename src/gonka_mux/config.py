@@ -62,7 +62,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ._core import RoutingSettings
+from .settings import RoutingSettings
 from ._exceptions import ConfigError
 from .features import feature_classes, feature_sections
 from .routing.health import HealthPolicy

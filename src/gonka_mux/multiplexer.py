@@ -38,7 +38,13 @@ from .tiering.feature import TieringFeature
 from .webhooks.feature import JobsFeature
 
 if TYPE_CHECKING:
+    from .limits import RateLimiter
+    from .memory import MemoryStore
+    from .metering import Meter
     from .routing.outcome import ErrorPolicy, Failure
+    from .sessions import SessionManager
+    from .tiering import TieringPolicy
+    from .webhooks import JobRunner
     from .sources import EndpointSource
 
 T = TypeVar("T")
@@ -225,17 +231,17 @@ class _MuxBase:
     def _init_features(self) -> None:
         self._clients = ClientFactory(self._core.closers)  # shared HTTP client of URL endpoints
         self.config = {}
-        self.limiter: Any = None
-        self.meter: Any = None
-        self.sessions: Any = None
-        self.memory: Any = None
+        self.limiter: RateLimiter | None = None
+        self.meter: Meter | None = None
+        self.sessions: SessionManager | None = None
+        self.memory: MemoryStore | None = None
         self.features: dict[str, Feature] = {}
         self._epoch_watchers: list[Any] = []
         self.vllm_monitors: dict[str, Any] = {}
         self._background: set[asyncio.Task[Any]] = set()
 
     @property
-    def jobs(self) -> Any:
+    def jobs(self) -> JobRunner | None:
         """The ``JobRunner`` behind ``submit()`` (None before the first submit/start_jobs):
         ``mux.jobs.get(job_id)`` gives a job's status and result."""
         feature = self.features.get("jobs")
@@ -490,7 +496,7 @@ class _MuxBase:
         return list(self._core.endpoints.values())
 
     # -- agent features: thin doors over gonka_mux.features ----------------------------------
-    def enable_tiering(self, policy: Any) -> Any:
+    def enable_tiering(self, policy: Any) -> TieringPolicy:
         """Route ``model="auto"`` (or a ``tier=`` hint) by rules: a ``TieringPolicy``, a dict
         in the ``[tiering]`` config shape, or a TOML path. Returns the policy."""
         return TieringFeature(policy).install(self)
@@ -503,7 +509,7 @@ class _MuxBase:
         path: str | os.PathLike[str] | None = None,
         redis_url: str | None = None,
         default_max_tokens: int = 1024,
-    ) -> Any:
+    ) -> RateLimiter:
         """Local rate limits per caller key (``caller=``) and per endpoint.
 
         ``config``: a ``LimitsConfig`` or a dict in the ``[limits]`` shape (tiers with rpm/tpm,
@@ -528,7 +534,7 @@ class _MuxBase:
         path: str | os.PathLike[str] | None = None,
         prices: Any = None,
         **meter_options: Any,
-    ) -> Any:
+    ) -> Meter:
         """Record one ``UsageRecord`` per request (tokens, latency, endpoint, attempts, cost).
 
         ``store``: a usage store, ``"memory"``, or None for SQLite at ``path`` (default: the
@@ -545,7 +551,7 @@ class _MuxBase:
         ttl: float | None = None,
         context_windows: Mapping[str, int] | None = None,
         **manager_options: Any,
-    ) -> Any:
+    ) -> SessionManager:
         """Keep conversations server-side: ``create(..., session_id="s1")`` prepends the stored
         history (trimmed to the model's context window) and stores the new turn and the reply.
 
@@ -568,7 +574,7 @@ class _MuxBase:
         embedder: Any = None,
         embedding_model: str | None = None,
         **store_options: Any,
-    ) -> Any:
+    ) -> MemoryStore:
         """Long-term memory (``mux.memory``): ``put``/``get``/``delete``/``list``/``search``
         per namespace, BM25-ranked over SQLite FTS5, persistent at ``path`` (default: the state
         directory). ``embedder``: any callable, or ``"mux"`` to embed through this Multiplexer

@@ -17,7 +17,7 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from gonka_mux._core import MUX_KWARGS, OPTION_KWARGS
+from gonka_mux.settings import MUX_KWARGS, OPTION_KWARGS
 
 from .errors import HTTPError
 
