@@ -57,7 +57,6 @@ __all__ = ["__version__", *_EXPORTS]
 
 if TYPE_CHECKING:
     from .context import Extension, RequestContext
-    from .settings import RoutingSettings
     from .endpoint import Endpoint
     from .errors import (
         AllEndpointsFailed,
@@ -91,6 +90,7 @@ if TYPE_CHECKING:
         RoundRobin,
         WeightedRandom,
     )
+    from .settings import RoutingSettings
     from .sources import EndpointSource
 
 

@@ -62,11 +62,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .settings import RoutingSettings
 from ._exceptions import ConfigError
 from .features import feature_classes, feature_sections
 from .routing.health import HealthPolicy
 from .routing.hedging import HedgePolicy
+from .settings import RoutingSettings
 
 if TYPE_CHECKING:
     from .gonka.config import GonkaConfig

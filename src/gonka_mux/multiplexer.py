@@ -13,6 +13,7 @@ import os
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ._clients import ClientFactory
 from ._core import (
     CHAT,
     COMPLETIONS,
@@ -26,7 +27,6 @@ from ._core import (
     RequestKind,
     RoutingSettings,
 )
-from ._clients import ClientFactory
 from ._portal import Portal
 from .endpoint import Endpoint, EndpointTier
 from .features import Feature
@@ -43,9 +43,9 @@ if TYPE_CHECKING:
     from .metering import Meter
     from .routing.outcome import ErrorPolicy, Failure
     from .sessions import SessionManager
+    from .sources import EndpointSource
     from .tiering import TieringPolicy
     from .webhooks import JobRunner
-    from .sources import EndpointSource
 
 T = TypeVar("T")
 

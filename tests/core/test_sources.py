@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from examples.endpoint_source import FileSource, write
+
 from gonka_mux import AsyncMultiplexer, EndpointSource, Multiplexer
 from gonka_mux.testing import FakeBackendSpec, FakeFleet
 
