@@ -290,3 +290,29 @@ async def test_openapi_document_is_served(gateway):
     assert doc["openapi"].startswith("3.")
     assert "/v1/chat/completions" in doc["paths"]
     assert "/admin/usage" in doc["paths"]
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        b'"\\ud800 lone surrogate"',
+        b"[" * 3000 + b"1" + b"]" * 3000,
+    ],
+    ids=["lone-surrogate", "deep-nesting"],
+)
+async def test_one_tenants_odd_bytes_do_not_take_the_upstream_offline(gateway, content):
+    """Eight requests a no endpoint could serve: each is the tenant's 400, no endpoint is
+    blamed, and the next valid request (any tenant's) is served at once."""
+    body = b'{"model": "m", "messages": [{"role": "user", "content": ' + content + b"}]}"
+    for _ in range(8):
+        response = await gateway.http.post(
+            "/v1/chat/completions",
+            headers={**gateway.auth(), "Content-Type": "application/json"},
+            content=body,
+        )
+        assert_openai_error(response, 400)
+    assert gateway.served() == 0  # nothing reached an endpoint
+    states = {e["state"] for e in gateway.mux.stats()["endpoints"].values()}
+    assert states == {"healthy"}
+    result = await gateway.openai().chat.completions.create(model="m", messages=MSG)
+    assert result.choices[0].message.content.startswith("ok from")
