@@ -70,7 +70,8 @@ def pool_urls(port: int, n: int, *, distinct: bool) -> list[str]:
 
 
 CLIENT_MODES = {
-    "shared": "add_endpoint(url): the Multiplexer's shared HTTP client, one pool per origin",
+    "shared": "add_endpoint(url): the Multiplexer's shared HTTP client, a pool per origin "
+    "(per endpoint under openai 2.x)",
     "per-endpoint": "one AsyncOpenAI with its own HTTP client per endpoint (before _clients)",
     "one-pool": "AsyncOpenAI(http_client=one DefaultAsyncHttpxClient): one pool for all origins",
 }

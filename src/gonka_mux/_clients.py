@@ -2,41 +2,55 @@
 
 Why: ``openai.AsyncOpenAI(base_url=...)`` without ``http_client`` builds its own HTTP client, and
 with it its own SSL context (loading the CA bundle costs ~20 ms of CPU) and its own connection
-pool. A Gonka pool has hundreds of participants, so adding 1,000 endpoints took ~20-35 s. Here
+pool. A Gonka pool has hundreds of participants, so adding 1,000 endpoints took 20-36 s. Here
 each Multiplexer has one :class:`ClientFactory`; the first endpoint added by URL makes it build
 ONE HTTP client (the SDK's own ``openai.DefaultAsyncHttpxClient``, so the HTTP library always
 matches the SDK major: httpx2 under openai 3.x, httpx under 2.x -- handing openai 3.x an httpx
-client triples its CPU per request), ONE SSL context, and a transport that keeps one connection
-pool per origin. Each endpoint still gets its own ``openai.AsyncOpenAI`` (its base_url, api_key,
-organization, project and default headers are per client and go into each request), built with
-``http_client=`` that shared client: ~35 us per endpoint instead of ~20 ms.
-``AsyncOpenAI(..., http_client=shared)`` is used rather than ``base.with_options(...)``: both
-give the same object (so the same cost per request), construction is a little cheaper (37 vs
-41 us under openai 3.x), and nothing is inherited from a template client.
+client triples its CPU per request), ONE SSL context, and a transport that routes each request
+to a connection pool of its own origin. Each endpoint still gets its own ``openai.AsyncOpenAI``
+(base_url, api_key, organization, project and default headers are per client and go into each
+request), built with ``http_client=`` the shared client: ~40 us per endpoint instead of ~20 ms.
+``AsyncOpenAI(..., http_client=shared)`` is used rather than ``template.with_options(...)``:
+both give the same kind of object, so the same cost per request (measured equal within noise),
+construction is a little cheaper (37 vs 41 us under openai 3.x, 32 vs 33 under 2.x), and
+nothing is inherited from a template client.
 
-Why per-origin pools: an httpcore pool scans ALL its connections on every request (twice), so
-one pool holding 1,000 origins' idle connections costs O(origins) per request. The router below
-keeps a dict ``origin -> transport`` (the library's own ``AsyncHTTPTransport``, all sharing the
-one SSL context), so a request costs one dict lookup whatever the number of origins.
+Why a pool per origin rather than one pool: an httpcore pool scans ALL its connections on every
+request, so one pool holding 1,000 origins' connections made each request cost 2.9x the CPU
+(bench/scale.py ``--clients one-pool``). The router keeps a dict ``(origin) -> transport`` (the
+library's own ``AsyncHTTPTransport``, all on the one SSL context): one lookup per request.
+Under openai 2.x the pools are per endpoint instead (keyed by origin and a tag each endpoint's
+client puts on its requests): httpcore 1.x's pool costs grow with its connections (a quadratic
+pass per request), so endpoints sharing an origin must not pool their connections together:
+10 endpoints on one origin at c=32 cost 2.5-2.8 ms of CPU per request in one pool, 1.6 ms in
+ten. httpcore2 (openai 3.x) shows no such cost (one pool or ten: equal within noise), and there
+endpoints on one origin (several API keys of one provider) share its connections.
 
-Limits, per origin: no cap on connections (``max_connections=None``: the Multiplexer enforces
+Limits, per pool: no cap on connections (``max_connections=None``: the Multiplexer enforces
 per-endpoint concurrency with ``max_concurrent``; a cap here would queue requests out of its
 sight, with the SDK's 600 s pool timeout), at most 100 idle keep-alive connections (the SDK's
-default per client, which each endpoint had before), idle ones expire after 5 s. There is no
-global cap, as there was none before (one client per endpoint). Pools of origins no longer used
-(whose connections are all idle and expired or closed, with nothing in flight) are closed and
-dropped in a sweep that runs when the number of origins doubles, so a long-lived Multiplexer
-whose endpoints come and go (epoch swaps) does not keep their sockets.
+default per client, which each endpoint had before). Idle connections are reused for 30 s, not
+the SDK's 5 s: spread over hundreds of origins, each origin sees a request only every few
+seconds, and with 5 s one request in 8 of a 1,000-origin pool at ~900 req/s opened a new
+connection (1 in 100 with 30 s) -- a TLS handshake, for a remote participant. A server that
+closes sooner (uvicorn/vLLM: 5 s) is seen closing before the connection is reused (httpcore
+checks the socket first), so the longer expiry costs nothing there; it stays under NAT and
+load-balancer idle timeouts (60 s and more). There is no global cap, as there was none before
+(one client per endpoint). Pools no longer used (all their connections idle and expired or
+closed, nothing in flight) are closed and dropped in a sweep that runs when the number of pools
+doubles, so a long-lived Multiplexer whose endpoints come and go (epoch swaps) does not keep
+their sockets.
 
 Ownership: the factory owns the shared client and closes it exactly once (:meth:`aclose` is
 idempotent and registered as a closer of the MuxCore on first use). The per-endpoint clients
-are :class:`SharedHttpAsyncOpenAI`, whose ``close()`` leaves the shared client open: closing or
+are ``SharedHttpAsyncOpenAI``, whose ``close()`` leaves the shared client open: closing or
 removing one endpoint never breaks the others. Clients passed in by the user are not made here.
 Nothing here logs or shows an API key (the reprs name no base URL or key).
 """
 
 from __future__ import annotations
 
+import itertools
 import sys
 import threading
 from collections.abc import Awaitable, Callable, Mapping
@@ -44,11 +58,14 @@ from typing import Any
 
 __all__ = ["ClientFactory"]
 
-#: Per-origin limits: (max_connections, max_keepalive_connections, keepalive_expiry seconds).
-DEFAULT_ORIGIN_LIMITS = (None, 100, 5.0)
-#: The sweep of unused origin pools runs when the number of origins reaches this, then twice
-#: the number left after each sweep.
+#: Per-pool limits: (max_connections, max_keepalive_connections, keepalive_expiry seconds).
+DEFAULT_POOL_LIMITS = (None, 100, 30.0)
+#: The sweep of unused pools runs when the number of pools reaches this, then twice the number
+#: left after each sweep.
 _SWEEP_MIN = 256
+
+#: The request extension that names an endpoint's own pool (``pools="endpoint"``).
+POOL_TAG = "gonka_mux.pool"
 
 _classes: dict[str, Any] = {}
 
@@ -60,8 +77,9 @@ def _httpx() -> Any:
     return sys.modules[type(openai.DEFAULT_CONNECTION_LIMITS).__module__.partition(".")[0]]
 
 
-def _shared_client_class() -> Any:
-    cls = _classes.get("client")
+def _client_class(tagged: bool) -> Any:
+    key = "tagged" if tagged else "client"
+    cls = _classes.get(key)
     if cls is None:
         import openai
 
@@ -75,8 +93,19 @@ def _shared_client_class() -> Any:
             async def close(self) -> None:
                 return None
 
-        SharedHttpAsyncOpenAI.__qualname__ = SharedHttpAsyncOpenAI.__name__
-        cls = _classes["client"] = SharedHttpAsyncOpenAI
+        class PoolTaggedAsyncOpenAI(SharedHttpAsyncOpenAI):
+            """Tags its requests so that the router gives this endpoint a pool of its own."""
+
+            _gonka_mux_pool: int | None = None
+
+            async def _prepare_request(self, request: Any) -> None:
+                await super()._prepare_request(request)
+                request.extensions[POOL_TAG] = self._gonka_mux_pool
+
+        for c in (SharedHttpAsyncOpenAI, PoolTaggedAsyncOpenAI):
+            c.__qualname__ = c.__name__
+        _classes["client"], _classes["tagged"] = SharedHttpAsyncOpenAI, PoolTaggedAsyncOpenAI
+        cls = _classes[key]
     return cls
 
 
@@ -84,49 +113,52 @@ def _router_class(httpx: Any) -> Any:
     key = f"router:{httpx.__name__}"
     cls = _classes.get(key)
     if cls is None:
-        cls = _classes[key] = type("OriginRouter", (_OriginRouter, httpx.AsyncBaseTransport), {})
+        cls = _classes[key] = type("PoolRouter", (_PoolRouter, httpx.AsyncBaseTransport), {})
     return cls
 
 
-class _OriginRouter:
-    """An async transport with one connection pool (``AsyncHTTPTransport``) per origin.
+class _PoolRouter:
+    """An async transport with one connection pool (``AsyncHTTPTransport``) per origin, or per
+    (origin, endpoint) when ``per_endpoint`` (requests tagged by :class:`PoolTaggedAsyncOpenAI`).
 
     Mixed into the SDK's HTTP library's ``AsyncBaseTransport`` by :func:`_router_class`.
     """
 
-    def __init__(self, httpx: Any, limits: Any) -> None:
+    def __init__(self, httpx: Any, limits: Any, *, per_endpoint: bool) -> None:
         self._httpx = httpx
         self._limits = limits
+        self._per_endpoint = per_endpoint
         self._ssl_context = httpx.create_ssl_context()  # verify=True, trust_env=True: the default
-        self._transports: dict[tuple[bytes, bytes, int | None], Any] = {}
+        self._transports: dict[tuple[bytes, bytes, int | None, int | None], Any] = {}
         self._sweep_at = _SWEEP_MIN
         self.closed = False
 
     @property
-    def origins(self) -> int:
+    def pools(self) -> int:
         return len(self._transports)
 
     async def handle_async_request(self, request: Any) -> Any:
         url = request.url
-        origin = (url.raw_scheme, url.raw_host, url.port)
-        transport = self._transports.get(origin)
+        tag = request.extensions.get(POOL_TAG) if self._per_endpoint else None
+        key = (url.raw_scheme, url.raw_host, url.port, tag)
+        transport = self._transports.get(key)
         if transport is None:
             if self.closed:
                 raise RuntimeError("the Multiplexer's shared HTTP client is closed")
             if len(self._transports) >= self._sweep_at:
                 await self.sweep()
-            transport = self._transports[origin] = self._httpx.AsyncHTTPTransport(
+            transport = self._transports[key] = self._httpx.AsyncHTTPTransport(
                 verify=self._ssl_context, limits=self._limits
             )
         return await transport.handle_async_request(request)
 
     async def sweep(self) -> int:
-        """Close and forget the pools of origins with nothing in flight and no live connection.
+        """Close and forget the pools with nothing in flight and no live connection.
 
         Returns how many were dropped.
         """
-        stale = [origin for origin, t in self._transports.items() if _unused(t)]
-        closing = [self._transports.pop(origin) for origin in stale]
+        stale = [key for key, t in self._transports.items() if _unused(t)]
+        closing = [self._transports.pop(key) for key in stale]
         self._sweep_at = max(_SWEEP_MIN, 2 * len(self._transports))
         for transport in closing:
             await transport.aclose()
@@ -155,21 +187,30 @@ class ClientFactory:
 
     The HTTP client is created on the first :meth:`client` call; ``closers`` (the MuxCore's
     list of async callables run by its ``aclose``) then gets :meth:`aclose`, so the shared
-    client is closed exactly once when the Multiplexer closes. ``origin_limits`` is
-    ``(max_connections, max_keepalive_connections, keepalive_expiry)`` per origin.
+    client is closed exactly once when the Multiplexer closes. ``pool_limits`` is
+    ``(max_connections, max_keepalive_connections, keepalive_expiry)`` per connection pool.
+    ``pools``: ``"origin"`` (endpoints on one origin share its pool) or ``"endpoint"`` (a
+    pool per endpoint); by default ``"origin"`` under httpx2 (openai 3.x) and ``"endpoint"``
+    under httpx (openai 2.x), see the module docstring.
     """
 
     def __init__(
         self,
         closers: list[Callable[[], Awaitable[None]]] | None = None,
         *,
-        origin_limits: tuple[int | None, int | None, float | None] = DEFAULT_ORIGIN_LIMITS,
+        pool_limits: tuple[int | None, int | None, float | None] = DEFAULT_POOL_LIMITS,
+        pools: str | None = None,
     ) -> None:
+        if pools not in (None, "origin", "endpoint"):
+            raise ValueError(f"pools must be 'origin' or 'endpoint', not {pools!r}")
         self._closers = closers
-        self._origin_limits = origin_limits
+        self._pool_limits = pool_limits
+        self._pools = pools
+        self._per_endpoint = False
         self._http: Any = None
         self._router: Any = None
         self._lock = threading.Lock()  # the sync Multiplexer may add endpoints from any thread
+        self._tags = itertools.count(1)
         self.clients_built = 0
 
     @property
@@ -184,16 +225,18 @@ class ClientFactory:
         with self._lock:
             if self._http is not None:  # another thread opened it meanwhile
                 return self._http
-            max_connections, max_keepalive, expiry = self._origin_limits
+            pools = self._pools or ("origin" if httpx.__name__ == "httpx2" else "endpoint")
+            max_connections, max_keepalive, expiry = self._pool_limits
             limits = httpx.Limits(
                 max_connections=max_connections,
                 max_keepalive_connections=max_keepalive,
                 keepalive_expiry=expiry,
             )
-            router = _router_class(httpx)(httpx, limits)
+            router = _router_class(httpx)(httpx, limits, per_endpoint=pools == "endpoint")
             # The SDK's own client class and defaults (timeout, redirects; proxies from the
             # environment are mounted by the client as usual); only the transport is ours.
             http = openai.DefaultAsyncHttpxClient(transport=router)
+            self._per_endpoint = pools == "endpoint"
             self._router, self._http = router, http
             if self._closers is not None:
                 # first registered, last run: after monitors and refresh managers that may
@@ -215,7 +258,7 @@ class ClientFactory:
         """
         http = self._http or self._open()
         self.clients_built += 1
-        return _shared_client_class()(
+        client = _client_class(self._per_endpoint)(
             base_url=base_url,
             api_key=api_key,
             max_retries=0,
@@ -223,9 +266,12 @@ class ClientFactory:
             http_client=http,
             **options,
         )
+        if self._per_endpoint:
+            client._gonka_mux_pool = next(self._tags)
+        return client
 
     async def aclose(self) -> None:
-        """Close the shared HTTP client (and every origin's pool). Idempotent.
+        """Close the shared HTTP client (and every pool). Idempotent.
 
         Endpoints built before stop working; a later :meth:`client` call opens a new one.
         """
@@ -234,6 +280,6 @@ class ClientFactory:
             await http.aclose()
 
     def __repr__(self) -> str:
-        origins = self._router.origins if self._router is not None else 0
+        pools = self._router.pools if self._router is not None else 0
         state = "open" if self._http is not None else "idle"
-        return f"ClientFactory({state}, clients={self.clients_built}, origins={origins})"
+        return f"ClientFactory({state}, clients={self.clients_built}, pools={pools})"

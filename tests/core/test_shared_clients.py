@@ -89,7 +89,7 @@ async def test_a_wrong_key_does_not_leak_to_another_endpoint_on_the_same_origin(
     mux = AsyncMultiplexer()
     good = mux.add_endpoint(fleet["a"].url, models=["m"], api_key="key-a", name="good")
     mux.add_endpoint(fleet["a"].url, models=["m"], api_key="wrong", name="bad")
-    assert good.client._client is mux.endpoints[1].client._client  # same pool, same origin
+    assert good.client._client is mux.endpoints[1].client._client  # one client, one origin
     assert await ask(mux, "good")
     with pytest.raises(Exception):  # noqa: B017 -- whatever the mux makes of the 401
         await ask(mux, "bad")
@@ -215,27 +215,31 @@ async def test_no_key_in_reprs_or_logs(fleet, caplog):
     await mux.aclose()
 
 
-async def test_one_pool_per_origin_and_unused_origins_are_swept():
+@pytest.mark.parametrize("pools", ["origin", "endpoint"])
+async def test_pools_per_origin_or_endpoint_and_unused_pools_are_swept(pools):
     with FakeFleet(
         [FakeBackendSpec(name="fast"), FakeBackendSpec(name="slow", faults=Faults(latency=0.5))]
     ) as fleet:
         closers: list = []
-        factory = ClientFactory(closers, origin_limits=(None, 10, 0.05))
+        factory = ClientFactory(closers, pool_limits=(None, 10, 0.05), pools=pools)
         fast = [factory.client(base_url=fleet["fast"].url, api_key=f"k{i}") for i in range(3)]
         slow = factory.client(base_url=fleet["slow"].url, api_key="k")
         assert closers == [factory.aclose]  # registered once, on the first client
         for client in fast:
             await client.chat.completions.create(model="m", messages=MSG)
         router = factory._router
-        assert router.origins == 1  # three endpoints, one origin: one pool
+        # three endpoints on one origin: one pool, or one each
+        assert router.pools == (1 if pools == "origin" else 3)
+        assert fleet["fast"].request_count == 3
         in_flight = asyncio.ensure_future(slow.chat.completions.create(model="m", messages=MSG))
         await asyncio.sleep(0.2)
-        assert router.origins == 2
-        assert await router.sweep() == 1  # the idle, expired one; not the one in flight
-        assert router.origins == 1
+        assert router.pools == (2 if pools == "origin" else 4)
+        # the idle, expired ones go; not the one with a request in flight
+        assert await router.sweep() == (1 if pools == "origin" else 3)
+        assert router.pools == 1
         assert (await in_flight).choices
         await fast[0].chat.completions.create(model="m", messages=MSG)  # a fresh pool
-        assert router.origins == 2
+        assert router.pools == 2
         await factory.aclose()
         await factory.aclose()
         assert factory.http_client is None
@@ -246,6 +250,18 @@ async def test_one_pool_per_origin_and_unused_origins_are_swept():
         await factory.aclose()
 
 
+def test_pools_follow_the_http_library_of_the_sdk():
+    factory = ClientFactory()
+    factory.client(base_url="http://127.0.0.1:9/v1", api_key="k")
+    # httpcore2 (openai 3.x) pools by origin; httpcore 1.x (openai 2.x) costs grow with a
+    # pool's connections, so each endpoint gets a pool of its own there
+    library = type(openai.DEFAULT_CONNECTION_LIMITS).__module__.partition(".")[0]
+    assert factory._per_endpoint == (library == "httpx")
+    with pytest.raises(ValueError):
+        ClientFactory(pools="host")
+    asyncio.run(factory.aclose())
+
+
 async def test_many_endpoints_on_many_origins_work_through_one_client():
     with FakeFleet([FakeBackendSpec(name=f"n{i}") for i in range(3)]) as fleet:
         mux = AsyncMultiplexer()
@@ -253,6 +269,7 @@ async def test_many_endpoints_on_many_origins_work_through_one_client():
             mux.add_endpoint(fleet[i % 3].url, models=["m"], api_key=f"k{i}", name=f"e{i}")
         await asyncio.gather(*(ask(mux, f"e{i}") for i in range(60)))
         assert [fb.request_count for fb in fleet.backends] == [20, 20, 20]
-        assert mux._clients._router.origins == 3
+        assert mux._clients._router.pools == (60 if mux._clients._per_endpoint else 3)
         assert mux._clients.clients_built == 60
+        assert len({id(ep.client._client) for ep in mux.endpoints}) == 1
         await mux.aclose()
