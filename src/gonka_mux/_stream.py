@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
 from ._core import _timeout_at
+from .errors import StreamInterrupted
 
 if TYPE_CHECKING:
     from ._core import MuxCore, RequestContext, _Success
@@ -158,8 +159,6 @@ class AsyncChunkStream:
                         # ended cleanly but early: a truncated answer, not a complete one
                         exc = _Truncated("the stream ended without its final chunk")
                         await self._finish(exc)
-                        from .errors import StreamInterrupted
-
                         raise StreamInterrupted(
                             self._endpoint.name, str(exc), self.partial.as_dict()
                         ) from None
@@ -172,15 +171,11 @@ class AsyncChunkStream:
                     deadline = self._deadline_at - self._ctx.t_start
                     reason = f"the request's deadline of {deadline:g} s passed"
                     await self._finish(None, status="interrupted", reason=reason)
-                    from .errors import StreamInterrupted
-
                     raise StreamInterrupted(
                         self._endpoint.name, reason, self.partial.as_dict()
                     ) from None
                 except Exception as exc:
                     await self._finish(exc)
-                    from .errors import StreamInterrupted
-
                     raise StreamInterrupted(
                         self._endpoint.name, _reason(exc), self.partial.as_dict()
                     ) from exc
@@ -202,8 +197,6 @@ class AsyncChunkStream:
         ctx.stream_message = self.partial.message()
         ctx.finish_reason = self.partial.finish_reason
         if exc is not None or reason is not None:
-            from .errors import StreamInterrupted
-
             ctx.status = "interrupted"
             why = reason if reason is not None else _reason(exc)  # type: ignore[arg-type]
             ctx.error = StreamInterrupted(self._endpoint.name, why, self.partial.as_dict())

@@ -19,12 +19,14 @@ _PLUGINS = (
 
 
 def _demo(args: argparse.Namespace) -> int:
+    # Lazy: the demo imports the Multiplexer (openai, ~0.5 s), which no other command needs.
     from .demo import run_demo
 
     return run_demo(requests=args.requests, concurrency=args.concurrency, seed=args.seed)
 
 
 def _fake_backend(args: argparse.Namespace) -> int:
+    # Lazy: the fake backend's server modules add ~35 ms to every other `gonka-mux` command.
     from .testing.__main__ import main as fake_main
 
     return fake_main(args.fake_args, prog="gonka-mux fake-backend")

@@ -60,16 +60,16 @@ import os
 import sys
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any, TypeVar
 
 from ._exceptions import ConfigError
 from .features import feature_classes, feature_sections
+from .gonka.config import GonkaConfig
+from .gonka.errors import GonkaConfigError
 from .routing.health import HealthPolicy
 from .routing.hedging import HedgePolicy
 from .settings import RoutingSettings
-
-if TYPE_CHECKING:
-    from .gonka.config import GonkaConfig
+from .vllm_node import VllmNodeSource
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -402,8 +402,6 @@ def _vllm_section(mux: Any, data: Mapping[str, Any], source: str) -> None:
     health_url = section.pop("health_url", None) or os.environ.get("GONKA_VLLM_HEALTH_URL")
     interval = _typed(section.pop("interval", 2.0), float, source, "vllm.interval")
     _reject_leftover(section, source, "vllm", "base_url, health_url, interval")
-    from .vllm_node import VllmNodeSource
-
     mux.add_source(VllmNodeSource(base_url, health_url=health_url, interval=interval))
 
 
@@ -412,9 +410,6 @@ def gonka_settings(section: Any, source: str = "<dict>") -> GonkaConfig:
     GonkaConfig's own rules (``source_url`` is accepted for ``source_urls``). Nothing is
     registered here (that needs the network): ``register_gonka_models(mux)`` reads it as its
     ``config=`` when given none. Raises :class:`ConfigError` naming the file and the key."""
-    from .gonka.config import GonkaConfig
-    from .gonka.errors import GonkaConfigError
-
     fields = {f.name for f in dataclasses.fields(GonkaConfig) if not f.name.startswith("_")}
     values = dict(_mapping(section, source, "gonka"))
     if "source_url" in values:

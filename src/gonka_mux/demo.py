@@ -3,19 +3,23 @@
 Starts fake OpenAI-compatible endpoints on loopback (two fast, one slow, one failing, one
 rate-limited), routes a multi-turn conversation and a burst of concurrent requests through an
 AsyncMultiplexer, and prints which endpoint served what, the failovers and latency percentiles.
-When the Gonka parts are installed it then runs the same against a fake Gonka network:
-discovery, signed requests, and an epoch change in the middle of a burst.
+It then runs the same against a fake Gonka network: discovery, signed requests, and an epoch
+change in the middle of a burst.
 """
 
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import statistics
 import sys
 import time
 from collections import Counter
 from typing import Any
+
+from .gonka.demo import run_gonka_demo
+from .multiplexer import AsyncMultiplexer
+from .routing import HedgePolicy
+from .testing import FakeBackendSpec, FakeFleet, Faults
 
 __all__ = ["run_demo"]
 
@@ -42,10 +46,6 @@ def _table(rows: list[list[Any]], header: list[str]) -> str:
 
 
 async def _fleet_demo(requests: int, concurrency: int, seed: int) -> bool:
-    from .multiplexer import AsyncMultiplexer
-    from .routing import HedgePolicy
-    from .testing import FakeBackendSpec, FakeFleet, Faults
-
     specs = [
         FakeBackendSpec(name="fast-1", faults=Faults(latency=0.02, jitter=0.01)),
         FakeBackendSpec(name="fast-2", faults=Faults(latency=0.03, jitter=0.01)),
@@ -132,16 +132,9 @@ async def _fleet_demo(requests: int, concurrency: int, seed: int) -> bool:
         return ok == requests
 
 
-async def _gonka_demo() -> bool:
-    from .gonka.demo import run_gonka_demo
-
-    return await run_gonka_demo()
-
-
 def run_demo(requests: int = 200, concurrency: int = 16, seed: int = 7) -> int:
     """Run the demo; returns a process exit code (0 when every request succeeded)."""
     ok = asyncio.run(_fleet_demo(requests, concurrency, seed))
-    if importlib.util.find_spec("gonka_mux.gonka.demo") is not None:
-        _say("\n3) The Gonka network (a fake one on loopback)")
-        ok = asyncio.run(_gonka_demo()) and ok
+    _say("\n3) The Gonka network (a fake one on loopback)")
+    ok = asyncio.run(run_gonka_demo()) and ok
     return 0 if ok else 1

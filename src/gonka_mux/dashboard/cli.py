@@ -23,6 +23,7 @@ from typing import Any, TextIO
 
 from gonka_mux.metering import SqliteUsageStore, TieringReport, UsageQuery, UsageSummary
 
+from .html import render_html
 from .report import (
     SUMMARY_COLUMNS,
     fmt_cost,
@@ -110,8 +111,6 @@ def _run(args: argparse.Namespace, query: UsageQuery, out: TextIO) -> int:
     }
     window = {"since": args.since, "until": args.until, **filters}
     if args.html:
-        from .html import render_html
-
         records = query.records(**window)
         path = render_html(records, args.html, bucket=args.bucket, strong_tier=args.strong_tier)
         print(f"wrote {path} ({len(records)} requests)", file=out)
@@ -223,7 +222,7 @@ def _print_tiering(report: TieringReport, args: argparse.Namespace, out: TextIO)
 
 
 def _print_table(title: str, headers: list[str], rows: list[list[str]], out: TextIO) -> None:
-    try:
+    try:  # optional extra: dashboard (rich)
         from rich.console import Console
         from rich.table import Table
     except ImportError:  # the dashboard extra is not installed: plain columns

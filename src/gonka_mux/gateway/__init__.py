@@ -15,29 +15,27 @@ Names load on first use, so importing this package costs nothing until one is us
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from gonka_mux._exports import lazy_exports
 
 if TYPE_CHECKING:
     from .app import Gateway, create_app
     from .keys import ApiKey, KeyNotFoundError, KeyStore, KeyStoreError
     from .openapi import openapi_document
-    from .services import CallerAccounting
 
 _EXPORTS = {
-    "create_app": "app",
-    "Gateway": "app",
-    "ApiKey": "keys",
-    "KeyStore": "keys",
-    "KeyStoreError": "keys",
-    "KeyNotFoundError": "keys",
-    "openapi_document": "openapi",
-    "CallerAccounting": "services",
+    "create_app": ".app",
+    "Gateway": ".app",
+    "ApiKey": ".keys",
+    "KeyStore": ".keys",
+    "KeyStoreError": ".keys",
+    "KeyNotFoundError": ".keys",
+    "openapi_document": ".openapi",
 }
 
 __all__ = [
     "ApiKey",
-    "CallerAccounting",
     "Gateway",
     "KeyNotFoundError",
     "KeyStore",
@@ -47,14 +45,5 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'gonka_mux.gateway' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+# app imports starlette; keys and openapi need nothing beyond gonka_mux.
+__getattr__, __dir__ = lazy_exports(globals(), _EXPORTS, extras={".app": "gateway"})

@@ -20,6 +20,7 @@ from starlette.responses import Response
 from . import _http
 from .errors import HTTPError
 from .keys import KeyNotFoundError, KeyStoreError
+from .usage import usage_report
 
 if TYPE_CHECKING:
     from .app import Gateway
@@ -99,8 +100,6 @@ def admin_routes(g: Gateway) -> list[tuple[str, Callable[[Request], Awaitable[Re
                 501, "Usage metering is not configured on this gateway.", code="not_configured"
             )
         params = request.query_params
-        from .usage import usage_report
-
         report = await usage_report(
             meter,
             group_by=params.get("group_by", "key"),

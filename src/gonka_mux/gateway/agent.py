@@ -25,6 +25,8 @@ from urllib.parse import urlsplit
 from starlette.requests import Request
 from starlette.responses import Response
 
+from gonka_mux.webhooks import JobNotFoundError, generate_secret
+
 from . import _http
 from .errors import HTTPError
 
@@ -249,8 +251,6 @@ def agent_routes(g: Gateway) -> list[tuple[str, Handler, list[str]]]:
         if webhook_url is not None:
             _check_webhook_host(webhook_url, g.allow_private_webhooks)
             if secret is None:
-                from gonka_mux.webhooks import generate_secret
-
                 secret = generated = generate_secret()
         kwargs = g._mux_kwargs(request, key, params)
         job = await g.mux.submit(webhook_url=webhook_url, webhook_secret=secret, **params, **kwargs)
@@ -264,8 +264,6 @@ def agent_routes(g: Gateway) -> list[tuple[str, Handler, list[str]]]:
         if not g.services.has_jobs:
             raise _not_configured("Background jobs (webhooks)")
         job_id = request.path_params["job_id"]
-        from gonka_mux.webhooks import JobNotFoundError
-
         runner = await g.services.job_runner()
         try:
             job = runner.get(job_id)

@@ -34,9 +34,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gonka_mux.multiplexer import AsyncMultiplexer, Multiplexer
+
 from . import _http
+from .admin import admin_routes
+from .agent import agent_routes
 from .errors import HTTPError, error_response
 from .keys import ApiKey, KeyStore, hash_key
+from .openapi import openapi_document
+from .services import Services
 from .sse import sse_response
 
 __all__ = ["Gateway", "create_app"]
@@ -75,10 +81,6 @@ class Gateway:
         close_mux: bool = False,
         allow_private_webhooks: bool = False,
     ) -> None:
-        from gonka_mux.multiplexer import AsyncMultiplexer, Multiplexer
-
-        from .services import Services
-
         if isinstance(mux, Multiplexer):
             raise TypeError(
                 "create_app() needs an AsyncMultiplexer (the gateway runs on an event loop); "
@@ -262,8 +264,6 @@ class Gateway:
         return _http.json_response(payload, 200 if available else 503)
 
     async def openapi(self, request: Request) -> Response:
-        from .openapi import openapi_document
-
         return _http.json_response(openapi_document())
 
 
@@ -318,9 +318,6 @@ def create_app(
         close_mux=close_mux,
         allow_private_webhooks=allow_private_webhooks,
     )
-    from .admin import admin_routes
-    from .agent import agent_routes
-
     g = gateway
     routes = [
         Route("/health", _guarded(g.health), methods=["GET"]),

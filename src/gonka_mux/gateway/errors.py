@@ -15,7 +15,10 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import openai
 from starlette.responses import Response
+
+from gonka_mux.errors import AllEndpointsUnauthorized, GonkaMuxError
 
 __all__ = ["HTTPError", "error_body", "error_response", "error_status"]
 
@@ -101,8 +104,6 @@ def _classify(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
         except Exception:
             retry_after = None
     if isinstance(status, int) and 400 <= status <= 599:
-        from gonka_mux.errors import AllEndpointsUnauthorized
-
         ours = callable(to_dict) and type(exc).__module__.startswith("gonka_mux")
         if ours and not isinstance(exc, AllEndpointsUnauthorized):
             body = to_dict()
@@ -125,14 +126,10 @@ def _classify(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
             seconds = getattr(exc, "retry_after", None)
             headers["Retry-After"] = str(max(1, math.ceil(seconds))) if seconds else "1"
         return status, body, headers
-    import openai
-
     if isinstance(exc, openai.APITimeoutError):
         return 504, _upstream_body(exc, 504), headers
     if isinstance(exc, openai.APIConnectionError):
         return 502, _upstream_body(exc, 502), headers
-    from gonka_mux.errors import GonkaMuxError
-
     if isinstance(exc, GonkaMuxError) and isinstance(exc, (ValueError, LookupError)):
         # ConfigError (an unknown tier), TieringError and similar: the caller's input.
         return 400, HTTPError(400, str(exc), code="invalid_request").to_dict(), headers

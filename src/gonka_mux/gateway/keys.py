@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gonka_mux.errors import GonkaMuxError
+from gonka_mux._exceptions import GonkaMuxError  # not .errors: that imports openai (~0.4 s)
 
 __all__ = [
     "ApiKey",

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from gonka_mux import __version__
+
 __all__ = ["openapi_document"]
 
 
@@ -367,8 +369,6 @@ def _not_configured() -> dict[str, Any]:
 
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI 3.1 description of every route the gateway serves."""
-    from gonka_mux import __version__
-
     api = {**_ERRORS, **_RATE, **_UPSTREAM}
     ns = _path_param("namespace", "Memory namespace (scoped to the API key)")
     mkey = _path_param("key", "Memory key")

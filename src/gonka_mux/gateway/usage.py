@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Mapping
 from typing import Any
 
+from gonka_mux.metering import UsageQuery, parse_duration, parse_time
+
 from .errors import HTTPError
 
 __all__ = ["GROUPS", "usage_report"]
@@ -30,8 +32,6 @@ async def usage_report(
     Records still queued in the meter are stored first, so a report includes every request that
     finished before it was asked for.
     """
-    from gonka_mux.metering import UsageQuery, parse_duration, parse_time
-
     if group_by not in GROUPS:
         raise HTTPError(400, f"'group_by' must be one of {', '.join(GROUPS)}.", param="group_by")
     bucket = _PERIODS.get(period, period)

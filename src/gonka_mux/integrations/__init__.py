@@ -12,25 +12,26 @@ Nothing is imported here: the names below load their framework on first use.
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from typing import TYPE_CHECKING
+
+from gonka_mux._exports import lazy_exports
+
+if TYPE_CHECKING:
+    from .crewai import MultiplexerLLM
+    from .langchain import ChatMultiplexer
+    from .langgraph import BM25Store, SessionStoreSaver
 
 _EXPORTS = {
-    "ChatMultiplexer": "gonka_mux.integrations.langchain",
-    "SessionStoreSaver": "gonka_mux.integrations.langgraph",
-    "BM25Store": "gonka_mux.integrations.langgraph",
-    "MultiplexerLLM": "gonka_mux.integrations.crewai",
+    "ChatMultiplexer": ".langchain",
+    "SessionStoreSaver": ".langgraph",
+    "BM25Store": ".langgraph",
+    "MultiplexerLLM": ".crewai",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = ["BM25Store", "ChatMultiplexer", "MultiplexerLLM", "SessionStoreSaver"]
 
-
-def __getattr__(name: str) -> Any:
-    module = _EXPORTS.get(name)
-    if module is None:
-        raise AttributeError(f"module 'gonka_mux.integrations' has no attribute {name!r}")
-    return getattr(importlib.import_module(module), name)
-
-
-def __dir__() -> list[str]:
-    return __all__
+__getattr__, __dir__ = lazy_exports(
+    globals(),
+    _EXPORTS,
+    extras={".langchain": "langchain", ".langgraph": "langchain", ".crewai": "crewai"},
+)

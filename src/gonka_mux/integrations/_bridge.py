@@ -22,6 +22,8 @@ import inspect
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
+from gonka_mux.multiplexer import AsyncMultiplexer, Multiplexer
+
 __all__ = ["ChatBridge"]
 
 _DONE = object()
@@ -31,8 +33,6 @@ class ChatBridge:
     """``create`` / ``acreate`` over whatever chat-completions client the adapter was given."""
 
     def __init__(self, target: Any) -> None:
-        from gonka_mux.multiplexer import AsyncMultiplexer, Multiplexer
-
         chat = getattr(getattr(target, "chat", None), "completions", None)
         if chat is None or not callable(getattr(chat, "create", None)):
             raise TypeError(

@@ -25,11 +25,12 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping
+from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
 from crewai.events.types.llm_events import LLMCallType
+from crewai.hooks.dispatch import HookAborted
 from crewai.llms.base_llm import BaseLLM, LLMCallBlockedError, llm_call_context
 from crewai.llms.providers.utils.common import safe_tool_conversion
 from crewai.utilities.exceptions.context_window_exceeding_exception import (
@@ -51,6 +52,15 @@ log = logging.getLogger("gonka_mux.integrations.crewai")
 __all__ = ["MultiplexerLLM"]
 
 _CONTEXT_WINDOW_USABLE = 0.85  # CrewAI's own providers keep 15% of the window in reserve
+
+
+@dataclass(frozen=True)
+class _Send:
+    """What :meth:`MultiplexerLLM._plan` asks its driver to send: the Multiplexer's parameters,
+    and whether the reply streams (chunks are reported to CrewAI as they come)."""
+
+    params: dict[str, Any]
+    stream: bool
 
 
 @dataclass
@@ -171,6 +181,8 @@ class MultiplexerLLM(BaseLLM):
         return self._bridge.params(body, mux_kwargs)
 
     # -- BaseLLM ----------------------------------------------------------------------------
+    # call and acall share one body, _plan: it yields the request to send and gets the reply
+    # back (or the error, thrown in). The two faces only send it, blocking or awaited.
     def call(
         self,
         messages: str | list[LLMMessage],
@@ -182,32 +194,15 @@ class MultiplexerLLM(BaseLLM):
         response_model: type[BaseModel] | None = None,
     ) -> str | Any:
         """One chat completion through the Multiplexer (tool calls are returned, not run)."""
-        with llm_call_context():
-            self._emit_call_started_event(
-                messages=messages,
-                tools=tools,
-                callbacks=callbacks,
-                available_functions=available_functions,
-                from_task=from_task,
-                from_agent=from_agent,
-            )
-            try:
-                formatted = self._format_messages(messages)
-                self._invoke_before_llm_call_hooks(formatted, from_agent)
-                stream = bool(self._effective_stream())
-                params = self._params(formatted, tools, response_model, stream)
-                if stream:
-                    reply = self._read_stream(self._bridge.create(params), from_task, from_agent)
-                else:
-                    reply = _reply_of(self._bridge.create(params))
-                return self._finish(
-                    reply, formatted, available_functions, from_task, from_agent, response_model
-                )
-            except Exception as exc:
-                error = self._failed(exc, from_task, from_agent)
-                if error is exc:
-                    raise
-                raise error from exc
+        plan = self._plan(
+            messages, tools, callbacks, available_functions, from_task, from_agent, response_model
+        )
+        send = next(plan)
+        try:
+            reply = self._send(send, from_task, from_agent)
+        except BaseException as exc:
+            return _conclude(plan, exc)
+        return _conclude(plan, reply)
 
     async def acall(
         self,
@@ -220,6 +215,28 @@ class MultiplexerLLM(BaseLLM):
         response_model: type[BaseModel] | None = None,
     ) -> str | Any:
         """The async twin of :meth:`call`."""
+        plan = self._plan(
+            messages, tools, callbacks, available_functions, from_task, from_agent, response_model
+        )
+        send = next(plan)
+        try:
+            reply = await self._asend(send, from_task, from_agent)
+        except BaseException as exc:
+            return _conclude(plan, exc)
+        return _conclude(plan, reply)
+
+    # -- shared steps -----------------------------------------------------------------------
+    def _plan(
+        self,
+        messages: str | list[LLMMessage],
+        tools: list[dict[str, BaseTool]] | None,
+        callbacks: list[Any] | None,
+        available_functions: dict[str, Any] | None,
+        from_task: Any,
+        from_agent: Any,
+        response_model: type[BaseModel] | None,
+    ) -> Generator[_Send, _Reply, Any]:
+        """Everything but the request itself: events, hooks, the body, the reply's handling."""
         with llm_call_context():
             self._emit_call_started_event(
                 messages=messages,
@@ -234,17 +251,7 @@ class MultiplexerLLM(BaseLLM):
                 self._invoke_before_llm_call_hooks(formatted, from_agent)
                 stream = bool(self._effective_stream())
                 params = self._params(formatted, tools, response_model, stream)
-                result = await self._bridge.acreate(params)
-                if stream:
-                    assembler = _StreamAssembler()
-                    try:
-                        async for chunk in result:
-                            self._on_chunk(assembler, chunk, from_task, from_agent)
-                    finally:
-                        await result.close()
-                    reply = assembler.reply()
-                else:
-                    reply = _reply_of(result)
+                reply = yield _Send(params, stream)
                 return self._finish(
                     reply, formatted, available_functions, from_task, from_agent, response_model
                 )
@@ -254,12 +261,26 @@ class MultiplexerLLM(BaseLLM):
                     raise
                 raise error from exc
 
-    # -- shared steps -----------------------------------------------------------------------
-    def _read_stream(self, stream: Any, from_task: Any, from_agent: Any) -> _Reply:
+    def _send(self, send: _Send, from_task: Any, from_agent: Any) -> _Reply:
+        result = self._bridge.create(send.params)
+        if not send.stream:
+            return _reply_of(result)
         assembler = _StreamAssembler()
-        with stream:
-            for chunk in stream:
+        with result:
+            for chunk in result:
                 self._on_chunk(assembler, chunk, from_task, from_agent)
+        return assembler.reply()
+
+    async def _asend(self, send: _Send, from_task: Any, from_agent: Any) -> _Reply:
+        result = await self._bridge.acreate(send.params)
+        if not send.stream:
+            return _reply_of(result)
+        assembler = _StreamAssembler()
+        try:
+            async for chunk in result:
+                self._on_chunk(assembler, chunk, from_task, from_agent)
+        finally:
+            await result.close()
         return assembler.reply()
 
     def _on_chunk(self, assembler: _StreamAssembler, chunk: Any, task: Any, agent: Any) -> None:
@@ -339,8 +360,6 @@ class MultiplexerLLM(BaseLLM):
 
     def _failed(self, exc: Exception, from_task: Any, from_agent: Any) -> Exception:
         """Report a failed call to CrewAI's event bus; return what to raise."""
-        from crewai.hooks.dispatch import HookAborted
-
         if isinstance(exc, (HookAborted, LLMCallBlockedError)):
             self._emit_call_denied_event(exc, from_task, from_agent)
             return exc
@@ -354,6 +373,18 @@ class MultiplexerLLM(BaseLLM):
 
 
 # ---------------------------------------------------------------------------- conversion
+
+
+def _conclude(plan: Generator[_Send, _Reply, Any], outcome: _Reply | BaseException) -> Any:
+    """Hand the plan its reply (or throw the send's error into it) and return its result."""
+    try:
+        if isinstance(outcome, BaseException):
+            plan.throw(outcome)
+        else:
+            plan.send(outcome)
+    except StopIteration as done:
+        return done.value
+    raise RuntimeError("MultiplexerLLM._plan asked to send twice")  # pragma: no cover
 
 
 def _openai_tool(tool: Mapping[str, Any]) -> dict[str, Any]:

@@ -55,6 +55,7 @@ from langgraph.store.base import (
 )
 from langgraph.store.base.embed import get_text_at_path
 
+from gonka_mux._portal import Portal
 from gonka_mux.memory import MemoryItem, MemoryStore
 
 log = logging.getLogger("gonka_mux.integrations.langgraph")
@@ -99,8 +100,6 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
                     f"SessionStoreSaver needs a gonka_mux session store; {type(store).__name__} "
                     f"has no {method}() method"
                 )
-        from gonka_mux._portal import Portal
-
         self.store = store
         self.session_prefix = session_prefix
         self._close_store = close_store

@@ -39,6 +39,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
+from gonka_mux._exceptions import ConfigError
+
 __all__ = [
     "DEFAULT_MAX_WAIT",
     "DEFAULT_RPM",
@@ -61,9 +63,6 @@ _CONFIG_FIELDS = ("default_tier", "max_wait", "tiers", "keys", "endpoints")
 def _config_error(
     message: str, *, key: str, expected: str = "", source: str = "<dict>"
 ) -> NoReturn:
-    # errors.py imports openai (slow); pay for it only when there is an error to raise.
-    from gonka_mux._exceptions import ConfigError
-
     raise ConfigError(message, source=source, key=key, expected=expected)
 
 

@@ -6,15 +6,16 @@ arithmetic as :mod:`gonka_mux.limits.gcra` on a hash of two fields per key, read
 the Redis server (so hosts with skewed clocks agree) and lets the key expire once its buckets are
 full again.
 
-Needs the ``redis`` extra (``pip install gonka-mux[redis]``), imported on first use.
+Needs the ``redis`` extra (``pip install gonka-mux[redis]``), imported on first use. The time
+prologue and the client handling are shared with the Redis session store (:mod:`gonka_mux._redis`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import weakref
 from collections.abc import Callable
 from typing import Any
+
+from gonka_mux._redis import LUA_NOW, LoopClients, now_arg, redis_client
 
 from .config import RateLimit
 from .gcra import ADMITTED, REQUESTS, TOKENS
@@ -24,14 +25,9 @@ __all__ = ["RedisLimitBackend"]
 # ARGV: now ("" = use the server's TIME), op ("admit" | "adjust"), request interval, request
 # capacity, token interval, token capacity, requests, tokens. Numbers travel as strings and come
 # back as strings because Redis truncates Lua numbers to integers in replies.
-_LUA = """
-local now
-if ARGV[1] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-else
-  now = tonumber(ARGV[1])
-end
+_LUA = (
+    LUA_NOW
+    + """
 local ri, rc = tonumber(ARGV[3]), tonumber(ARGV[4])
 local ti, tc = tonumber(ARGV[5]), tonumber(ARGV[6])
 local nreq, ntok = tonumber(ARGV[7]), tonumber(ARGV[8])
@@ -71,6 +67,7 @@ else
 end
 return {0, '0'}
 """
+)
 
 _BLOCKED = {1: REQUESTS, 2: TOKENS}
 
@@ -98,15 +95,14 @@ class RedisLimitBackend:
         self._url = url
         self._client = client
         self._owns_client = client is None
-        self._async_client = async_client
         self._prefix = prefix
         self._clock = clock
         self._script: Any = None
-        self._given_ascript: Any = None
-        # Clients this backend made itself, one per event loop, with their registered script.
-        self._per_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, tuple[Any, Any]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self._async: LoopClients | None = None
+        if url is not None or async_client is not None:
+            self._async = LoopClients(
+                "RedisLimitBackend", {"limit": _LUA}, url=url, client=async_client
+            )
 
     def __repr__(self) -> str:
         # The url may carry a password: show only the prefix.
@@ -142,17 +138,14 @@ class RedisLimitBackend:
         """Close the blocking client and this event loop's async client (clients this backend
         made; ones passed in stay open for their owner to close)."""
         self.close()
-        entry = self._per_loop.pop(asyncio.get_running_loop(), None)
-        if entry is not None:
-            await entry[0].aclose()
-        self._per_loop.clear()
+        if self._async is not None:
+            await self._async.aclose()
 
     # -- plumbing
 
     def _args(self, op: str, limit: RateLimit, requests: float, tokens: float) -> list[str]:
-        now = "" if self._clock is None else repr(self._clock())
         return [
-            now,
+            now_arg(self._clock),
             op,
             repr(limit.request_interval),
             repr(limit.request_capacity),
@@ -170,31 +163,17 @@ class RedisLimitBackend:
                         "this RedisLimitBackend has only an async client; pass url= or client= "
                         "to use the blocking methods"
                     )
-                import redis
-
-                self._client = redis.Redis.from_url(self._url)
+                self._client = redis_client(self._url, "RedisLimitBackend")
             self._script = self._client.register_script(_LUA)
         return self._script
 
     def _async_script(self) -> Any:
-        if self._async_client is not None:
-            if self._given_ascript is None:
-                self._given_ascript = self._async_client.register_script(_LUA)
-            return self._given_ascript
-        loop = asyncio.get_running_loop()
-        entry = self._per_loop.get(loop)
-        if entry is None:
-            if self._url is None:
-                raise RuntimeError(
-                    "this RedisLimitBackend has only a blocking client; pass url= or "
-                    "async_client= to use the async methods"
-                )
-            import redis.asyncio
-
-            client = redis.asyncio.Redis.from_url(self._url)
-            entry = (client, client.register_script(_LUA))
-            self._per_loop[loop] = entry
-        return entry[1]
+        if self._async is None:
+            raise RuntimeError(
+                "this RedisLimitBackend has only a blocking client; pass url= or "
+                "async_client= to use the async methods"
+            )
+        return self._async.get()[1]["limit"]
 
 
 def _admit_result(reply: list[Any]) -> tuple[float, str]:

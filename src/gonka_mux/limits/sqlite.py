@@ -24,6 +24,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gonka_mux._paths import state_dir
+
 from .config import RateLimit
 from .gcra import ADMITTED, gcra_adjust, gcra_admit
 
@@ -62,8 +64,6 @@ class SqliteLimitBackend:
         self, path: str | os.PathLike[str] | None = None, *, clock: Callable[[], float] = time.time
     ) -> None:
         if path is None:
-            from gonka_mux._paths import state_dir
-
             path = state_dir() / "limits.sqlite3"
         self.path = Path(path)
         self._clock = clock

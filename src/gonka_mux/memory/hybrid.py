@@ -183,7 +183,7 @@ def _numpy() -> Any:
     looked up once, on first use."""
     global _NUMPY
     if _NUMPY is None:
-        try:
+        try:  # optional: numpy is not a dependency, only used when installed
             import numpy
         except ImportError:
             numpy = False

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from gonka_mux._exceptions import GonkaMuxError
+from gonka_mux._paths import state_dir
 from gonka_mux.memory._bm25 import pack_tokens, tokenize
 from gonka_mux.memory.bm25_fallback import FallbackIndex
 from gonka_mux.memory.hybrid import (
@@ -141,8 +142,6 @@ def fts5_available() -> bool:
 
 
 def _default_path() -> Path:
-    from gonka_mux._paths import state_dir
-
     return state_dir() / "memory.sqlite3"
 
 

@@ -7,6 +7,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
+from gonka_mux._exceptions import ConfigError
+
 __all__ = ["ModelPrice", "Prices"]
 
 
@@ -68,6 +70,4 @@ def _price(value: Any, key: str) -> float:
 
 
 def _error(message: str, key: str) -> NoReturn:
-    from gonka_mux._exceptions import ConfigError
-
     raise ConfigError(message, key=key, source="<dict>", expected="{prompt = N, completion = N}")

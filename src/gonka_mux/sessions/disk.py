@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, TypeVar
 
+from gonka_mux._paths import state_dir
 from gonka_mux.sessions.base import (
     Message,
     SessionError,
@@ -51,8 +52,6 @@ _SCHEMA = [
 
 
 def _default_path() -> Path:
-    from gonka_mux._paths import state_dir
-
     return state_dir() / "sessions.sqlite3"
 
 

@@ -46,6 +46,7 @@ from gonka_mux.sessions.base import (
     SessionStore,
     check_session_id,
 )
+from gonka_mux.sessions.disk import DiskSessionStore
 from gonka_mux.sessions.history import (
     TokenEstimator,
     as_message,
@@ -157,8 +158,6 @@ class SessionManager:
                     f"context window of {model!r} must be a positive int, got {window!r}"
                 )
         if store is None:  # validated everything first: no file is created for a bad config
-            from gonka_mux.sessions.disk import DiskSessionStore
-
             store = DiskSessionStore(clock=clock)
         self.store = store
         self.default_context_window = default_context_window

@@ -9,16 +9,17 @@ one session both land, each contiguous. Activity times come from the Redis serve
 a ``clock`` is given (tests), so hosts with skewed clocks agree on expiry. Redis Cluster is not
 supported (a script touches the index and the session's keys, which hash to different slots).
 
-Needs the ``redis`` extra (``pip install gonka-mux[redis]``), imported on first use.
+Needs the ``redis`` extra (``pip install gonka-mux[redis]``), imported on first use. The time
+prologue and the client handling are shared with the Redis rate-limit backend
+(:mod:`gonka_mux._redis`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import weakref
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
+from gonka_mux._redis import LUA_NOW, LoopClients, now_arg
 from gonka_mux.sessions.base import (
     Message,
     check_key,
@@ -29,20 +30,10 @@ from gonka_mux.sessions.base import (
 
 __all__ = ["RedisSessionStore"]
 
-# Shared prologue: ARGV[1] is the time to record ("" = the server's TIME).
-_NOW = """
-local now
-if ARGV[1] == '' then
-  local t = redis.call('TIME')
-  now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-else
-  now = tonumber(ARGV[1])
-end
-"""
-
+# Every write script starts with LUA_NOW: ARGV[1] is the time to record ("" = the server's TIME).
 # KEYS: index, log. ARGV: now, session id, message...
 _APPEND = (
-    _NOW
+    LUA_NOW
     + """
 for i = 3, #ARGV do redis.call('RPUSH', KEYS[2], ARGV[i]) end
 redis.call('ZADD', KEYS[1], now, ARGV[2])
@@ -52,7 +43,7 @@ return redis.call('LLEN', KEYS[2])
 
 # KEYS: index, kv, keys. ARGV: now, session id, key1, value1, key2, value2...
 _PUT = (
-    _NOW
+    LUA_NOW
     + """
 for i = 3, #ARGV, 2 do
   redis.call('HSET', KEYS[2], ARGV[i], ARGV[i + 1])
@@ -65,7 +56,7 @@ return 1
 
 # KEYS: index, kv, keys. ARGV: now, session id, key.
 _DELETE_KEY = (
-    _NOW
+    LUA_NOW
     + """
 if redis.call('HDEL', KEYS[2], ARGV[3]) == 0 then return 0 end
 redis.call('ZREM', KEYS[3], ARGV[3])
@@ -75,12 +66,12 @@ return 1
 )
 
 # KEYS: index. ARGV: now, session id.
-_TOUCH = _NOW + "return redis.call('ZADD', KEYS[1], 'XX', now, ARGV[2])"
+_TOUCH = LUA_NOW + "return redis.call('ZADD', KEYS[1], 'XX', now, ARGV[2])"
 
 # KEYS: index, log, kv, keys. ARGV: now, session id, ttl. Re-checks the idle time atomically,
 # so a session written since it was listed as a candidate is kept.
 _EXPIRE_ONE = (
-    _NOW
+    LUA_NOW
     + """
 local last = redis.call('ZSCORE', KEYS[1], ARGV[2])
 if not last or tonumber(last) >= now - tonumber(ARGV[3]) then return 0 end
@@ -131,14 +122,10 @@ class RedisSessionStore:
     ) -> None:
         if url is None and client is None:
             raise ValueError("RedisSessionStore needs url='redis://host:port/db' or client=")
-        self._url = url
-        self._client = client
+        self._clients = LoopClients("RedisSessionStore", _SCRIPTS, url=url, client=client)
         self._prefix = prefix
         self._index = prefix + "index"
         self._clock = clock
-        self._per_loop: weakref.WeakKeyDictionary[
-            asyncio.AbstractEventLoop, tuple[Any, dict[str, Any]]
-        ] = weakref.WeakKeyDictionary()
 
     def __repr__(self) -> str:
         # The url may carry a password: show only the prefix.
@@ -147,28 +134,14 @@ class RedisSessionStore:
     # -- plumbing
 
     def _connection(self) -> tuple[Any, dict[str, Any]]:
-        loop = asyncio.get_running_loop()
-        entry = self._per_loop.get(loop)
-        if entry is None:
-            client = self._client
-            if client is None:
-                try:
-                    import redis.asyncio as aioredis
-                except ImportError as exc:  # pragma: no cover - the extra is installed in CI
-                    raise ImportError(
-                        "RedisSessionStore needs the redis package: pip install 'gonka-mux[redis]'"
-                    ) from exc
-                client = aioredis.Redis.from_url(self._url)
-            scripts = {name: client.register_script(lua) for name, lua in _SCRIPTS.items()}
-            entry = self._per_loop[loop] = (client, scripts)
-        return entry
+        return self._clients.get()
 
     async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         _, scripts = self._connection()
         return await scripts[name](keys=keys, args=args)
 
     def _now(self) -> str:
-        return "" if self._clock is None else repr(self._clock())
+        return now_arg(self._clock)
 
     def _keys(self, session_id: str) -> tuple[str, str, str]:
         base = f"{self._prefix}s:{session_id}:"
@@ -264,11 +237,4 @@ class RedisSessionStore:
     async def aclose(self) -> None:
         """Close the client this store made for the running loop (a passed-in client stays
         open for its owner)."""
-        try:
-            loop = asyncio.get_running_loop()
-        except RuntimeError:  # pragma: no cover - aclose is awaited, so a loop runs
-            return
-        entry = self._per_loop.pop(loop, None)
-        if entry is not None and self._client is None:
-            await entry[0].aclose()
-        self._per_loop.clear()
+        await self._clients.aclose()

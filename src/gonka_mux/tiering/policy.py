@@ -107,12 +107,18 @@ from __future__ import annotations
 
 import importlib
 import re
+import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import KW_ONLY, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from gonka_mux._exceptions import ConfigError, GonkaMuxError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10
+    import tomli as tomllib
 
 __all__ = [
     "AUTO_MODEL",
@@ -852,11 +858,6 @@ class TieringPolicy:
     @classmethod
     def from_toml(cls, path: str | Path, *, table: str = "tiering") -> TieringPolicy:
         """Read ``[tiering]`` (or the root, when it has ``tiers``) of a TOML file."""
-        try:
-            import tomllib  # type: ignore[import-not-found,unused-ignore]
-        except ModuleNotFoundError:  # pragma: no cover - Python 3.10
-            import tomli as tomllib  # type: ignore[import-not-found,no-redef,unused-ignore]
-
         source = str(path)
         try:
             with open(path, "rb") as fh:

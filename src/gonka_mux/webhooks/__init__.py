@@ -24,9 +24,9 @@ verifies signatures does not pay for them.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from gonka_mux._exports import lazy_exports
 from gonka_mux.webhooks.signing import (
     DEFAULT_TOLERANCE,
     DELIVERY_HEADER,
@@ -63,11 +63,11 @@ if TYPE_CHECKING:
     from gonka_mux.webhooks.jobs import JobRunner, JobRunnerClosedError
 
 _LAZY = {
-    "DeliveryPolicy": "gonka_mux.webhooks.delivery",
-    "EVENT_JOB_COMPLETED": "gonka_mux.webhooks.delivery",
-    "EVENT_JOB_FAILED": "gonka_mux.webhooks.delivery",
-    "JobRunner": "gonka_mux.webhooks.jobs",
-    "JobRunnerClosedError": "gonka_mux.webhooks.jobs",
+    "DeliveryPolicy": ".delivery",
+    "EVENT_JOB_COMPLETED": ".delivery",
+    "EVENT_JOB_FAILED": ".delivery",
+    "JobRunner": ".jobs",
+    "JobRunnerClosedError": ".jobs",
 }
 
 __all__ = [
@@ -101,10 +101,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module 'gonka_mux.webhooks' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+__getattr__, __dir__ = lazy_exports(globals(), _LAZY)

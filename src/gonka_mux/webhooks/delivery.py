@@ -173,6 +173,8 @@ class WebhookSender:
         self._policy = policy
 
     async def send(self, url: str, secret: Secret, delivery: Delivery) -> AttemptResult:
+        # Lazy: httpx adds ~50 ms to importing the Multiplexer (openai 3 uses httpx2), which
+        # imports this module through the jobs feature; only a sent webhook needs it.
         import httpx
 
         body = delivery.body.encode("utf-8")

@@ -25,6 +25,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from gonka_mux._exceptions import GonkaMuxError
 from gonka_mux.webhooks.delivery import (
@@ -72,8 +73,6 @@ def _as_result(value: Any) -> dict[str, Any]:
 
 
 def _check_webhook_url(url: str) -> None:
-    from urllib.parse import urlsplit
-
     try:
         parts = urlsplit(url)
     except ValueError as exc:
@@ -164,6 +163,7 @@ class JobRunner:
         self._run_slots = asyncio.Semaphore(self._max_concurrency)
         self._send_slots = asyncio.Semaphore(self._max_deliveries)
         if self._client is None:
+            # Lazy: httpx adds ~50 ms to importing the Multiplexer (see delivery.WebhookSender).
             import httpx
 
             self._client = httpx.AsyncClient(follow_redirects=False)

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from gonka_mux._exceptions import GonkaMuxError
+from gonka_mux._paths import state_dir
 from gonka_mux.webhooks.signing import Secret
 
 __all__ = [
@@ -199,8 +200,6 @@ class JobStore(Protocol):
 def default_state_dir() -> Path:
     """``$GONKA_MUX_STATE_DIR``, else ``$XDG_STATE_HOME/gonka_mux``, else
     ``~/.local/state/gonka_mux``."""
-    from .._paths import state_dir
-
     return state_dir()
 
 
