@@ -63,7 +63,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from ._exceptions import ConfigError
-from .features import feature_classes, feature_sections
+from .features import feature_classes, feature_sections, reject_leftover
 from .gonka.config import GonkaConfig
 from .gonka.errors import GonkaConfigError
 from .routing.health import HealthPolicy
@@ -379,17 +379,6 @@ def build_from_config(cls: type[T], source: str | os.PathLike[str] | Mapping[str
     return mux
 
 
-def _reject_leftover(section: Mapping[str, Any], source: str, key: str, expected: str) -> None:
-    """Keys a section still holds after its known ones were popped are typos: refuse them."""
-    if section:
-        raise ConfigError(
-            "unknown key(s) " + ", ".join(sorted(section)),
-            source=source,
-            key=key,
-            expected=expected,
-        )
-
-
 def _vllm_section(mux: Any, data: Mapping[str, Any], source: str) -> None:
     """``[vllm]`` (base_url, health_url, interval) or ``GONKA_VLLM_BASE_URL`` adds a vLLM node
     as an endpoint source (:class:`~gonka_mux.vllm_node.VllmNodeSource`): started on the loop
@@ -401,7 +390,7 @@ def _vllm_section(mux: Any, data: Mapping[str, Any], source: str) -> None:
         return
     health_url = section.pop("health_url", None) or os.environ.get("GONKA_VLLM_HEALTH_URL")
     interval = _typed(section.pop("interval", 2.0), float, source, "vllm.interval")
-    _reject_leftover(section, source, "vllm", "base_url, health_url, interval")
+    reject_leftover(section, source, "vllm", "base_url, health_url, interval")
     mux.add_source(VllmNodeSource(base_url, health_url=health_url, interval=interval))
 
 

@@ -23,7 +23,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar, Generic, TypeVar
 
-__all__ = ["Feature", "Slot", "feature_classes", "feature_sections", "register_feature"]
+from ._exceptions import ConfigError
+
+__all__ = [
+    "Feature",
+    "Slot",
+    "feature_classes",
+    "feature_sections",
+    "register_feature",
+    "reject_leftover",
+    "section_of",
+]
 
 T = TypeVar("T")
 
@@ -84,6 +94,28 @@ class Feature:
 
     async def aclose(self) -> None:
         return None
+
+
+def section_of(data: Mapping[str, Any], name: str, source: str) -> dict[str, Any] | None:
+    """A copy of the ``[name]`` table of ``data`` to pop keys from (None when absent); a value
+    that is not a table is a :class:`ConfigError`."""
+    if name not in data:
+        return None
+    section = data[name]
+    if not isinstance(section, Mapping):
+        raise ConfigError(f"got {section!r}", source=source, key=name, expected="a table")
+    return dict(section)
+
+
+def reject_leftover(section: Mapping[str, Any], source: str, key: str, expected: str) -> None:
+    """Keys a section still holds after its known ones were popped are typos: refuse them."""
+    if section:
+        raise ConfigError(
+            "unknown key(s) " + ", ".join(sorted(section)),
+            source=source,
+            key=key,
+            expected=expected,
+        )
 
 
 _REGISTRY: dict[str, type[Feature]] = {}

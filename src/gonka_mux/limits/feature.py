@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._exceptions import ConfigError
-from ..features import ORDER_LIMITS, Feature, Slot, register_feature
+from ..features import ORDER_LIMITS, Feature, Slot, register_feature, section_of
 from .config import LimitsConfig
 from .limiter import RateLimiter, Rejected, Reservation, estimate_tokens
 from .memory import MemoryLimitBackend
@@ -71,12 +71,9 @@ class LimitsFeature(Feature):
 
     @classmethod
     def from_config(cls, data: Mapping[str, Any], source: str) -> LimitsFeature | None:
-        if "limits" not in data:
+        section = section_of(data, "limits", source)
+        if section is None:
             return None
-        section = data["limits"]
-        if not isinstance(section, Mapping):
-            raise ConfigError(f"got {section!r}", source=source, key="limits", expected="a table")
-        section = dict(section)
         backend = section.pop("backend", "memory")
         if backend not in _BACKENDS:
             raise ConfigError(

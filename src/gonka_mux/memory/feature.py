@@ -11,8 +11,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from .._exceptions import ConfigError
-from ..features import Feature, register_feature
+from ..features import Feature, register_feature, reject_leftover, section_of
 from .store import MemoryStore
 
 __all__ = ["MemoryFeature"]
@@ -40,21 +39,14 @@ class MemoryFeature(Feature):
 
     @classmethod
     def from_config(cls, data: Mapping[str, Any], source: str) -> MemoryFeature | None:
-        if "memory" not in data:
+        section = section_of(data, "memory", source)
+        if section is None:
             return None
-        section = data["memory"]
-        if not isinstance(section, Mapping):
-            raise ConfigError(f"got {section!r}", source=source, key="memory", expected="a table")
-        section = dict(section)
         path = section.pop("path", None)
         model = section.pop("embedding_model", None)
-        if section:
-            raise ConfigError(
-                "unknown key(s) " + ", ".join(sorted(section)),
-                source=source,
-                key="memory",
-                expected="path, embedding_model (embeds through the Multiplexer)",
-            )
+        reject_leftover(
+            section, source, "memory", "path, embedding_model (embeds through the Multiplexer)"
+        )
         return cls(path, embedder="mux" if model else None, embedding_model=model)
 
     def install(self, mux: Any) -> MemoryStore:

@@ -10,7 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._exceptions import ConfigError
-from ..features import ORDER_METERING, Feature, register_feature
+from ..features import ORDER_METERING, Feature, register_feature, reject_leftover, section_of
 from ..tiering.feature import TIERING_DECISION
 from .meter import Meter
 from .prices import Prices
@@ -56,10 +56,7 @@ class MeteringFeature(Feature):
     def from_config(cls, data: Mapping[str, Any], source: str) -> MeteringFeature | None:
         if "metering" not in data and "prices" not in data:
             return None
-        section = data.get("metering", {})
-        if not isinstance(section, Mapping):
-            raise ConfigError(f"got {section!r}", source=source, key="metering", expected="a table")
-        section = dict(section)
+        section = section_of(data, "metering", source) or {}
         enabled = section.pop("enabled", True)
         if not isinstance(enabled, bool):
             raise ConfigError(
@@ -76,13 +73,7 @@ class MeteringFeature(Feature):
                 expected="'sqlite' or 'memory'",
             )
         path = section.pop("path", None)
-        if section:
-            raise ConfigError(
-                "unknown key(s) " + ", ".join(sorted(section)),
-                source=source,
-                key="metering",
-                expected="enabled, store, path",
-            )
+        reject_leftover(section, source, "metering", "enabled, store, path")
         return cls("memory" if store == "memory" else None, path=path, prices=data.get("prices"))
 
     def install(self, mux: Any) -> Meter:

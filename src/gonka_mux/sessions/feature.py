@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._exceptions import ConfigError
-from ..features import ORDER_SESSIONS, Feature, Slot, register_feature
+from ..features import ORDER_SESSIONS, Feature, Slot, register_feature, reject_leftover, section_of
 from .base import SessionStore
 from .disk import DiskSessionStore
 from .manager import PreparedTurn, SessionManager
@@ -66,25 +66,21 @@ class SessionsFeature(Feature):
 
     @classmethod
     def from_config(cls, data: Mapping[str, Any], source: str) -> SessionsFeature | None:
-        if "sessions" not in data:
+        section = section_of(data, "sessions", source)
+        if section is None:
             return None
-        section = data["sessions"]
-        if not isinstance(section, Mapping):
-            raise ConfigError(f"got {section!r}", source=source, key="sessions", expected="a table")
-        section = dict(section)
         store = section.pop("store", "disk")
         path = section.pop("path", None)
         if path is not None and store == "disk":
             store = DiskSessionStore(path)
         ttl = section.pop("ttl", None)
         windows = section.pop("context_windows", None)
-        if section:
-            raise ConfigError(
-                "unknown key(s) " + ", ".join(sorted(section)),
-                source=source,
-                key="sessions",
-                expected="store ('memory', 'disk' or a redis:// URL), path, ttl, context_windows",
-            )
+        reject_leftover(
+            section,
+            source,
+            "sessions",
+            "store ('memory', 'disk' or a redis:// URL), path, ttl, context_windows",
+        )
         try:
             return cls(store, ttl=ttl, context_windows=windows)
         except ValueError as exc:

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from .._exceptions import ConfigError
-from ..features import Feature, register_feature
+from ..features import Feature, register_feature, section_of
 from .delivery import DeliveryPolicy
 from .jobs import JobRunner
 from .store import JobStore, SQLiteJobStore
@@ -47,12 +47,9 @@ class JobsFeature(Feature):
 
     @classmethod
     def from_config(cls, data: Mapping[str, Any], source: str) -> JobsFeature | None:
-        if "webhooks" not in data:
+        section = section_of(data, "webhooks", source)
+        if section is None:
             return None
-        section = data["webhooks"]
-        if not isinstance(section, Mapping):
-            raise ConfigError(f"got {section!r}", source=source, key="webhooks", expected="a table")
-        section = dict(section)
         path = section.pop("path", None)
         concurrency = section.pop("max_concurrency", None)
         try:
