@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import urlsplit, urlunsplit
 
 from .routing.ewma import PeakEwma
 from .routing.health import EndpointHealth, HealthPolicy
@@ -12,11 +13,26 @@ from .routing.health import EndpointHealth, HealthPolicy
 if TYPE_CHECKING:
     from .routing.outcome import ErrorPolicy
 
-__all__ = ["Endpoint", "EndpointTier", "normalize_models"]
+__all__ = ["Endpoint", "EndpointTier", "normalize_models", "shown_url"]
 
 EndpointTier = Literal["primary", "fallback"]
 
 _anon = itertools.count(1)
+
+
+def shown_url(url: str) -> str:
+    """A URL fit for a name that logs and errors show: no user:password, query or fragment
+    (``https://user:key@host/v1?api_key=...`` -> ``https://host/v1``)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "endpoint"
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    if ":" in (parts.hostname or "") and not host.startswith("["):
+        host = f"[{parts.hostname}]" + (f":{parts.port}" if parts.port is not None else "")
+    return urlunsplit((parts.scheme, host, parts.path, "", "")) if parts.scheme else url
 
 
 def normalize_models(models: str | Sequence[str] | Mapping[str, str]) -> dict[str, str]:
@@ -131,7 +147,8 @@ class Endpoint:
 
     @property
     def base_url(self) -> str:
-        return str(getattr(self.client, "base_url", ""))
+        """The client's base URL without credentials or query (safe to show)."""
+        return shown_url(str(getattr(self.client, "base_url", "")))
 
     def is_full(self) -> bool:
         return self.max_concurrent is not None and self.inflight >= self.max_concurrent

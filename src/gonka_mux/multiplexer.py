@@ -28,7 +28,7 @@ from ._core import (
     RoutingSettings,
 )
 from ._portal import Portal
-from .endpoint import Endpoint, EndpointTier
+from .endpoint import Endpoint, EndpointTier, shown_url
 from .features import Feature
 from .limits.feature import LimitsFeature
 from .memory.feature import MemoryFeature
@@ -271,7 +271,7 @@ class _MuxBase:
         """
         client = _make_async_client(client_or_base_url, api_key, headers, self._clients)
         if name is None and isinstance(client_or_base_url, str):
-            name = _unique_name(self._core, client_or_base_url)
+            name = _unique_name(self._core, shown_url(client_or_base_url))
         ep = Endpoint(
             client,
             models=models,

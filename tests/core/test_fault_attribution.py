@@ -571,3 +571,26 @@ async def test_404_for_the_model_fails_over_and_the_endpoint_is_gone_for_it(
             assert await mux.text() == "ok from found"
         assert fleet["lost"].request_count == 1
         assert mux.state("lost") == "gone"
+
+
+async def test_credentials_in_a_url_never_reach_names_logs_or_stats(caplog) -> None:
+    """A key pasted into the URL (user:key@host, ?api_key=) is not shown by the default
+    endpoint name, the stats or the quarantine warning."""
+    import logging
+
+    from gonka_mux import AsyncMultiplexer
+    from gonka_mux.testing import FakeBackend
+
+    secret = "sk-url-secret-0042"
+    with FakeBackend(api_key="right") as fb:
+        url = fb.url.replace("http://", f"http://user:{secret}@") + f"?api_key={secret}"
+        mux = AsyncMultiplexer()
+        ep = mux.add_endpoint(url, models=["m"], api_key="wrong")
+        caplog.set_level(logging.DEBUG, logger="gonka_mux")
+        with pytest.raises(openai.AuthenticationError) as info:
+            await mux.chat.completions.create(
+                model="m", messages=[{"role": "user", "content": "x"}]
+            )
+        shown = [ep.name, repr(ep), str(mux.stats()), str(info.value), caplog.text]
+        assert all(secret not in text for text in shown)
+        await mux.aclose()
