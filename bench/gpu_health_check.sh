@@ -2,9 +2,14 @@
 # gonka-serve on a real GPU host: NVML snapshot, profile fit checks, and the health sidecar's JSON
 # with real GPU numbers. Run from the repository root on a machine with an NVIDIA GPU:
 #
-#   bash bench/gpu_health_check.sh              # ~1 minute, needs no internet and no vLLM
-#   bash bench/gpu_health_check.sh --with-vllm  # also serve a tiny model with real vLLM on the GPU
-#                                               # (only when vllm, torch and transformers import)
+#   bash bench/gpu_health_check.sh              # NVML snapshot, the fit check of every profile,
+#                                               # the sidecar, and a real run of the largest
+#                                               # profile that fits (when vLLM imports here)
+#   bash bench/gpu_health_check.sh --skip-run   # ~1 minute: everything but the real run
+#   MAX_WAIT=600 bash bench/gpu_health_check.sh # bound the wait for that run's readiness (s)
+#
+# Needs no internet: a profile whose checkpoint is not in the local Hugging Face cache is run
+# with its own launch (parallelism, GPU pinning, parsers) and the tiny offline model instead.
 #
 # Everything it prints is also written under $OUT (default /tmp/gonka-gpu-check).
 set -uo pipefail
@@ -13,8 +18,14 @@ ROOT=$(pwd)
 OUT=${OUT:-/tmp/gonka-gpu-check}
 mkdir -p "$OUT"
 PY=${PYTHON:-python3}
-WITH_VLLM=0
-[[ "${1:-}" == "--with-vllm" ]] && WITH_VLLM=1
+SKIP_RUN=0
+for arg in "$@"; do
+    case "$arg" in
+        --skip-run) SKIP_RUN=1 ;;
+        --with-vllm) ;;  # the real run is the default now; kept for old command lines
+        *) echo "unknown option $arg (use --skip-run)"; exit 2 ;;
+    esac
+done
 exec > >(tee "$OUT/gpu_health_check.log") 2>&1
 
 section() { printf '\n===== %s =====\n' "$*"; }
@@ -57,17 +68,37 @@ gs gpus | tee "$OUT/gpus.json"
 section "gonka-serve profiles"
 COLUMNS=200 gs profiles
 
-section "fit check: 1-GPU profiles (llama-3.1-8b, qwen3-8b on GPU 0)"
-gs run llama-3.1-8b --dry-run | tee "$OUT/dry-run-llama-3.1-8b.txt"
-echo "exit code: ${PIPESTATUS[0]} (0 = fits, 2 = refused)"
-gs run qwen3-8b --dry-run --gpus 0 | tee "$OUT/dry-run-qwen3-8b.txt"
-echo "exit code: ${PIPESTATUS[0]}"
+section "fit check: every profile on this host"
+# One dry run per profile (exit 0 = fits, 2 = refused, with the reason); 2-node profiles are
+# checked for this node's share (--head-address 127.0.0.1).
+gs profiles --json > "$OUT/profiles.json"
+"$PY" - "$OUT/profiles.json" > "$OUT/profile-names.txt" <<'PYEOF'
+import json, sys
+for row in json.load(open(sys.argv[1])):
+    # name, GPUs in all, per-GPU GiB, nodes (the largest single-node fit gets the real run)
+    print(row["name"], row["gpus"], row["min_gpu_memory_gib"], row["nodes"])
+PYEOF
+: > "$OUT/fit.tsv"
+while read -r name gpus gib nodes; do
+    extra=()
+    [[ "$nodes" != "1" ]] && extra=(--head-address 127.0.0.1)
+    gs run "$name" --dry-run "${extra[@]}" > "$OUT/dry-run-$name.txt" 2>&1
+    code=$?
+    reason=$(grep -m1 '^  fit:' "$OUT/dry-run-$name.txt" | sed 's/^  fit: //' | cut -c1-150)
+    printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$code" "$gpus" "$gib" "$nodes" "$reason" \
+        >> "$OUT/fit.tsv"
+done < "$OUT/profile-names.txt"
+printf '%-30s %-5s %s\n' "profile" "fits" "fit check"
+while IFS=$'\t' read -r name code gpus gib nodes reason; do
+    printf '%-30s %-5s %s\n' "$name" "$([[ $code == 0 ]] && echo yes || echo no)" "$reason"
+done < "$OUT/fit.tsv"
+# The largest profile that fits one node here: most GPUs, then most memory per GPU (CPU and
+# 2-node profiles excluded: the first needs no GPU, the second needs another host).
+LARGEST=$(awk -F'\t' '$2 == 0 && $3 > 0 && $5 == 1 {print $3 * 1000 + $4 "\t" $1}' \
+    "$OUT/fit.tsv" | sort -g -r | head -1 | cut -f2)
+echo "largest profile that fits this host: ${LARGEST:-none}"
 
-section "fit check: kimi-k2.5 (8 GPUs >= 88 GiB) must be refused on a smaller host"
-gs run kimi-k2.5 --dry-run
-echo "exit code: $? (2 = refused)"
-
-section "health sidecar with real GPU numbers (supervising the stand-in server)"
+section "health sidecar with real GPU numbers (supervising the stand-in server, no vLLM needed)"
 PORT=18431
 HPORT=18432
 cat > "$OUT/standin.toml" <<EOF
@@ -106,32 +137,54 @@ wait $SERVE_PID
 echo "gonka-serve exit code: $?"
 cat "$OUT/standin.stderr"
 
-if [[ $WITH_VLLM == 1 ]]; then
-    section "real vLLM on the GPU with a tiny offline model"
-    if "$PY" -c "import vllm, torch, transformers" 2>/dev/null; then
-        gs tiny-model "$OUT/tiny-model" --python "$PY" >/dev/null 2>&1 || echo "tiny model build failed"
-        cat > "$OUT/tiny-gpu.toml" <<EOF
-[profiles.tiny-gpu]
-description = "the tiny offline model on one GPU"
-model = "$OUT/tiny-model"
-served_model_name = "tiny"
-gpus = 1
-min_gpu_memory_gib = 4
-gpu_memory_utilization = 0.3
-max_model_len = 2048
+section "real run of the largest profile that fits: ${LARGEST:-none}"
+# With vLLM importable here: the profile as shipped when its checkpoint is on this host (a local
+# path, or in the Hugging Face cache; nothing is downloaded), otherwise the same profile (its
+# parallelism, GPU pinning, parsers, flags) with the tiny offline model in place of the weights,
+# and it says which. The sidecar's health JSON is saved as health-run.json.
+if [[ $SKIP_RUN == 1 ]]; then
+    echo "skipped (--skip-run)"
+elif [[ -z "${LARGEST:-}" ]]; then
+    echo "no GPU profile fits this host: nothing to run (see the fit checks above)"
+elif ! "$PY" -c "import vllm, torch, transformers" 2>/dev/null; then
+    echo "vllm/torch/transformers not importable here: the real run is skipped"
+else
+    MODEL=$("$PY" - "$OUT/profiles.json" "$LARGEST" <<'PYEOF'
+import json, os, sys
+row = next(r for r in json.load(open(sys.argv[1])) if r["name"] == sys.argv[2])
+model = row["model"]
+hub = os.environ.get("HF_HUB_CACHE") or os.path.join(
+    os.environ.get("HF_HOME", os.path.expanduser("~/.cache/huggingface")), "hub")
+cached = os.path.isdir(os.path.join(hub, "models--" + model.replace("/", "--"), "snapshots"))
+print(model if (os.path.isdir(model) or cached) else "")
+PYEOF
+)
+    cat > "$OUT/run.toml" <<TOMLEOF
+[profiles.run-largest]
+extends = "$LARGEST"
 launcher = "module"
 python = "$PY"
+env = { HF_HUB_OFFLINE = "1" }
+TOMLEOF
+    if [[ -z "$MODEL" ]]; then
+        echo "the checkpoint of $LARGEST is not on this host: running its launch with the tiny model"
+        gs tiny-model "$OUT/tiny-model" --python "$PY" --kimi-tokens >/dev/null 2>&1 \
+            || echo "tiny model build failed"
+        cat >> "$OUT/run.toml" <<TOMLEOF
+model = "$OUT/tiny-model"
+max_model_len = 2048
+startup_timeout_s = 600
 extra_args = ["--enforce-eager", "--dtype", "bfloat16"]
-env = { HF_HUB_OFFLINE = "1", TRANSFORMERS_OFFLINE = "1" }
-startup_timeout_s = 400
-drain_timeout_s = 30
-EOF
-        "${GS[@]}" --profiles "$OUT/tiny-gpu.toml" run tiny-gpu --port $PORT --health-port $HPORT \
-            --drain-notice 0.5 --log-file "$OUT/tiny-gpu-vllm.log" 2>"$OUT/tiny-gpu.stderr" &
-        SERVE_PID=$!
-        "$PY" - "$PORT" "$HPORT" "$OUT" <<'EOF'
+TOMLEOF
+    else
+        echo "running $LARGEST with its checkpoint $MODEL (from the local cache)"
+    fi
+    "${GS[@]}" --profiles "$OUT/run.toml" run run-largest --port $PORT --health-port $HPORT \
+        --drain-notice 0.5 --log-file "$OUT/run-vllm.log" 2>"$OUT/run.stderr" &
+    SERVE_PID=$!
+    "$PY" - "$PORT" "$HPORT" "$OUT" "${MAX_WAIT:-3600}" <<'PYEOF'
 import json, sys, time, urllib.request, urllib.error
-port, hport, out = sys.argv[1], sys.argv[2], sys.argv[3]
+port, hport, out, max_wait = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4])
 def health():
     try:
         return json.loads(urllib.request.urlopen(f"http://127.0.0.1:{hport}/health", timeout=5).read())
@@ -139,28 +192,32 @@ def health():
         return json.loads(exc.read())
     except Exception:
         return {"state": "down"}
-deadline = time.time() + 420
-while time.time() < deadline and health().get("state") != "ready":
+start = time.time()
+report = health()
+while time.time() - start < max_wait and report.get("state") not in ("ready", "failed", "stopped"):
     time.sleep(2)
-body = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "hello"}], "max_tokens": 16}).encode()
+    report = health()
+print(f"state {report.get('state')} after {time.time() - start:.0f} s")
+name = report.get("served_model_name") or "tiny"
+body = json.dumps({"model": name, "messages": [{"role": "user", "content": "hello"}],
+                   "max_tokens": 16}).encode()
 req = urllib.request.Request(f"http://127.0.0.1:{port}/v1/chat/completions", data=body,
                              headers={"Content-Type": "application/json"})
-try:
-    reply = json.loads(urllib.request.urlopen(req, timeout=60).read())
-    print("chat reply usage:", reply.get("usage"))
-except Exception as exc:
-    print("chat failed:", exc)
-report = health()
-open(f"{out}/health-vllm.json", "w").write(json.dumps(report, indent=2))
-print(json.dumps({k: report.get(k) for k in ("state", "vllm", "queue", "gpu")}, indent=2))
-EOF
-        kill -TERM $SERVE_PID 2>/dev/null
-        wait $SERVE_PID
-        echo "gonka-serve exit code: $?"
-        tail -5 "$OUT/tiny-gpu.stderr"
-    else
-        echo "vllm/torch/transformers not importable here: skipped"
-    fi
+if report.get("state") == "ready":
+    try:
+        reply = json.loads(urllib.request.urlopen(req, timeout=120).read())
+        print("chat reply usage:", reply.get("usage"))
+    except Exception as exc:
+        print("chat failed:", exc)
+    report = health()
+open(f"{out}/health-run.json", "w").write(json.dumps(report, indent=2))
+print(json.dumps({k: report.get(k) for k in ("state", "profile", "model", "vllm", "queue",
+                                              "latency", "gpu_indexes", "gpu")}, indent=2))
+PYEOF
+    kill -TERM $SERVE_PID 2>/dev/null
+    wait $SERVE_PID
+    echo "gonka-serve exit code: $?"
+    tail -8 "$OUT/run.stderr"
 fi
 
 section "done; files in $OUT"

@@ -7,6 +7,13 @@ about draining before vLLM does); without one it reads vLLM's own ``/health``, `
 after every poll, so the multiplexer can copy the node's queue depth into the endpoint's
 ``external_load`` and stop routing to a node that is not ready.
 
+:class:`VllmNodeSource` is the node as an :class:`~gonka_mux.sources.EndpointSource`: it owns a
+monitor, adds the node's endpoint once the node first reports its models (a node that is down at
+start keeps being polled in the background and joins when it answers), and maps every poll to
+the Multiplexer's public lifecycle: ready -> ``mark_ready`` (back in rotation at once, also after
+an ejection), draining -> ``mark_draining``, anything else -> ``mark_down``.
+``mux.add_vllm_node(...)`` and the ``[vllm]`` config section are doors over it.
+
 ``GONKA_VLLM_BASE_URL`` (default ``http://localhost:8000``) and ``GONKA_VLLM_HEALTH_URL`` name a
 node from the environment: see :func:`node_from_env`.
 """
@@ -27,6 +34,7 @@ __all__ = [
     "DEFAULT_VLLM_BASE_URL",
     "NodeSnapshot",
     "VllmNodeMonitor",
+    "VllmNodeSource",
     "node_from_env",
 ]
 
@@ -269,3 +277,141 @@ class VllmNodeMonitor:
             kv_cache_usage=num(queue.get("kv_cache_usage")),
             report=report,
         )
+
+
+def _openai_base(url: str) -> str:
+    """``http://host:8000`` -> ``http://host:8000/v1`` (what the OpenAI client is given)."""
+    base = url.rstrip("/")
+    return base if base.endswith("/v1") else base + "/v1"
+
+
+class VllmNodeSource:
+    """One vLLM node as an endpoint source: ``mux.add_source(VllmNodeSource(url, ...))``.
+
+    ``start(mux)`` polls the node once and never fails because the node is down: the monitor
+    keeps polling every ``interval`` seconds in the background, and the endpoint is added (kind
+    ``"vllm"``, named ``name``) the first time the node reports its models. With ``models=``
+    the endpoint is added at once and stays out of rotation until the node is ready. After
+    that, each poll is mapped to the lifecycle: ready -> ``mux.mark_ready`` (only when it was
+    out of rotation or ejected, so a restarted node gets traffic within one poll of being
+    ready), draining -> ``mux.mark_draining`` (no new requests; in-flight ones finish),
+    starting / down / unhealthy -> ``mux.mark_down``; the node's queue depth goes to the
+    endpoint's ``external_load``. ``url=None`` reads ``GONKA_VLLM_BASE_URL`` /
+    ``GONKA_VLLM_HEALTH_URL``. Other keyword arguments go to ``mux.add_endpoint``.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        health_url: str | None = None,
+        name: str | None = None,
+        api_key: str | None = None,
+        interval: float = 2.0,
+        models: list[str] | tuple[str, ...] | None = None,
+        environ: Mapping[str, str] | None = None,
+        **endpoint_options: Any,
+    ) -> None:
+        if url is None:
+            url, env_health = node_from_env(environ)
+            health_url = health_url or env_health
+        self.url = url
+        self.health_url = health_url
+        self.name = name
+        self.models = tuple(models) if models else ()
+        self._api_key = api_key
+        self._endpoint_options = endpoint_options
+        self.monitor = VllmNodeMonitor(
+            url,
+            health_url=health_url,
+            interval=interval,
+            on_update=self._on_update,
+            api_key=api_key,
+        )
+        self.endpoint: Any = None
+        self._mux: Any = None
+        self._joined = asyncio.Event()  # binds to a loop only when first awaited
+        self._said_down = False
+
+    def __repr__(self) -> str:  # never show the API key
+        return (
+            f"VllmNodeSource({self.url!r}, health_url={self.health_url!r}, "
+            f"endpoint={getattr(self.endpoint, 'name', None)!r}, state={self.monitor.state!r})"
+        )
+
+    @property
+    def state(self) -> str:
+        """The node's last reported state (``unknown`` before the first poll)."""
+        return self.monitor.state
+
+    async def start(self, mux: Any) -> None:
+        """Poll once and keep polling in the background; add the endpoint when the node first
+        reports its models (at once with ``models=``). Never raises for a node that is down."""
+        self._mux = mux
+        if self.models:
+            self._add_endpoint(self.models)
+        await self.monitor.start()
+
+    async def aclose(self) -> None:
+        await self.monitor.aclose()
+
+    async def wait_joined(self, timeout: float | None = None) -> Any:
+        """Wait until the endpoint has been added (the node reported its models); return it."""
+        await asyncio.wait_for(self._joined.wait(), timeout)
+        return self.endpoint
+
+    # ---------------------------------------------------------------- poll -> lifecycle
+
+    def _add_endpoint(self, models: tuple[str, ...]) -> None:
+        mux = self._mux
+        self.endpoint = mux.add_endpoint(
+            _openai_base(self.url),
+            models=list(models),
+            name=self.name,
+            api_key=self._api_key,
+            kind="vllm",
+            **self._endpoint_options,
+        )
+        mux.mark_down(self.endpoint)  # until a poll says it is ready
+        self._joined.set()
+        logger.info(
+            "vLLM node %s joined as endpoint %s serving %s",
+            self.url,
+            self.endpoint.name,
+            ", ".join(models),
+        )
+
+    def _on_update(self, snapshot: NodeSnapshot) -> None:
+        mux = self._mux
+        if mux is None:
+            return
+        if self.endpoint is None:
+            if not snapshot.models:
+                if not self._said_down:
+                    self._said_down = True
+                    logger.warning(
+                        "vLLM node %s is not serving yet (%s%s); polling it every %g s and "
+                        "adding it when it reports its models",
+                        self.url,
+                        snapshot.state,
+                        f": {snapshot.error}" if snapshot.error else "",
+                        self.monitor.interval,
+                    )
+                return
+            self._add_endpoint(snapshot.models)
+        ep = self.endpoint
+        if ep.removed:
+            return  # taken out by someone else (mark_gone, remove_endpoint): leave it be
+        ep.external_load = snapshot.queue_depth
+        if snapshot.ready:
+            # Back from a restart: traffic now, not after an ejection runs out (its health report
+            # is newer than the failures that ejected it; a 429 cooldown is the node's own word
+            # and is left to run out).
+            state = ep.health.state(time.monotonic())
+            if ep.lifecycle != "active" or state in ("ejected", "probing"):
+                mux.mark_ready(ep)
+        elif snapshot.state == "draining":
+            if ep.lifecycle != "draining":
+                mux.mark_draining(ep)  # in-flight requests finish; no new ones
+        elif ep.lifecycle != "down":
+            mux.mark_down(ep)  # starting, unhealthy or unreachable

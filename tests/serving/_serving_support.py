@@ -205,3 +205,48 @@ def recorded_vllm() -> Iterator[RecordedVllm]:
 def fake_vllm_cmd() -> tuple[str, ...]:
     """A vllm_cmd that runs the stand-in: ``python fake_vllm.py serve MODEL ...``."""
     return (sys.executable, str(FAKE_VLLM))
+
+
+# ------------------------------------------------------------------------------ sidecar stand-in
+
+
+class StateSidecar:
+    """Answers like gonka-serve's health sidecar (``{"state", "models", "queue"}``), on a port
+    chosen up front: :meth:`start` may come later, so the node is unreachable until then."""
+
+    def __init__(self, models: list[str], *, state: str = "ready", port: int | None = None) -> None:
+        self.state = state
+        self.models = models
+        self.port = port if port is not None else free_port()
+        self.url = f"http://127.0.0.1:{self.port}/health"
+        self.server: ThreadingHTTPServer | None = None
+
+    def start(self) -> StateSidecar:
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *a: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                import json
+
+                body = json.dumps(
+                    {"state": outer.state, "models": outer.models, "queue": {"running": 0}}
+                ).encode()
+                self.send_response(200 if outer.state == "ready" else 503)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.shutdown()
+            self.server.server_close()
+            self.server = None

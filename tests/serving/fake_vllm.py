@@ -12,6 +12,9 @@ the engine core in the same process group. Failure modes are switched on by flag
   --health-status N   answer /health with N (503 = dead engine)
   --health-after S    ... but only S seconds after binding (healthy until then)
   --ignore-sigterm    ignore SIGTERM (a hung server that must be killed)
+  --teardown-traceback  after a drain, print the EngineDeadError traceback vLLM 0.32 prints
+                      on every clean shutdown
+  --loading-lines N   print N "loading" lines (one per 0.1 s) before binding
 
 It accepts (and ignores) the rest of vLLM's flags, so it runs from a command built for vLLM.
 """
@@ -45,6 +48,8 @@ def parse(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--health-status", type=int, default=200)
     p.add_argument("--health-after", type=float, default=0.0)
     p.add_argument("--ignore-sigterm", action="store_true")
+    p.add_argument("--teardown-traceback", action="store_true")
+    p.add_argument("--loading-lines", type=int, default=0)
     p.add_argument("--token-delay", type=float, default=0.02)
     p.add_argument("--child-pidfile", default=None)
     p.add_argument("--api-key", default=None)
@@ -208,6 +213,10 @@ def main() -> int:
         sys.stdout.write(f"fake-vllm: non-default args: {{'api_key': ['{args.api_key}']}}\n")
     sys.stdout.write(f"fake-vllm: loading weights for {args.model or args.model_pos}\n")
     sys.stdout.flush()
+    for i in range(args.loading_lines):
+        sys.stdout.write(f"fake-vllm: pid {os.getpid()} loading shard {i + 1}\n")
+        sys.stdout.flush()
+        time.sleep(0.1)
     time.sleep(args.startup_delay)  # port closed while loading, as in vLLM
 
     state = State()
@@ -245,6 +254,17 @@ def main() -> int:
     while state.running and time.monotonic() < end:
         time.sleep(0.02)
     sys.stdout.write(f"fake-vllm: exiting with {state.running} in flight\n")
+    if args.teardown_traceback:  # the shape vLLM's engine client logs when its engine is gone
+        sys.stdout.write(
+            "(APIServer pid=1) ERROR 08-21 10:00:00 [core_client.py:600] Engine core proc "
+            "EngineCore_DP0 died unexpectedly, shutting down client.\n"
+            "Traceback (most recent call last):\n"
+            '  File "/venv/vllm/v1/engine/async_llm.py", line 480, in output_handler\n'
+            "    outputs = await engine_core.get_output_async()\n"
+            "              ^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^^\n"
+            "vllm.v1.engine.exceptions.EngineDeadError: EngineCore encountered an issue. "
+            "See stack trace (above) for the root cause.\n"
+        )
     sys.stdout.flush()
     child.terminate()
     server.shutdown()

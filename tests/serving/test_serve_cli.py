@@ -98,6 +98,70 @@ def test_multinode_dry_run_prints_head_and_worker(capsys: pytest.CaptureFixture[
     assert "ray start --address=10.1.2.3:6379 --block" in worker and "HTTP API: none" in worker
 
 
+def test_ray_dry_run_prints_the_steps_head_first(capsys: pytest.CaptureFixture[str]) -> None:
+    """Head first, workers join, the head waits for Ray's GPUs, then vLLM: in that order, and
+    each role's own commands in that order too."""
+    argv = ["run", "kimi-k2-instruct-2node", "--dry-run", "--head-address", "10.1.2.3"]
+    main([*argv, "--ray-wait-timeout", "600"])
+    head = capsys.readouterr().out
+    steps = head[head.index("in this order:") : head.index("command (head):")]
+    order = [
+        "1. head: ray start --head --port=6379 --node-ip-address=10.1.2.3",
+        "2. each worker: gonka-serve run kimi-k2-instruct-2node --role worker",
+        "ray start --address=10.1.2.3:6379 --block",
+        "3. head: waits (up to 600 s",
+        "reports 16 GPUs",
+        "4. head: vllm serve",
+    ]
+    positions = [steps.index(text) for text in order]
+    assert positions == sorted(positions)
+    commands = head[head.index("command (head):") :]
+    positions = [
+        commands.index(text)
+        for text in (
+            "ray start --head",
+            "gonka_mux.serving.raywait gpus --address 10.1.2.3:6379 --gpus 16 --timeout 600",
+            "vllm serve moonshotai/Kimi-K2-Instruct",
+        )
+    ]
+    assert positions == sorted(positions)
+    main([*argv, "--role", "worker"])
+    worker = capsys.readouterr().out
+    commands = worker[worker.index("command (worker):") :]
+    assert commands.index("raywait head --address 10.1.2.3:6379") < commands.index(
+        "ray start --address=10.1.2.3:6379 --block"
+    )
+
+
+def test_dry_run_names_the_memory_source_and_a_missing_chat_template(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    main(["run", "deepseek-v3.1", "--dry-run"])
+    out = capsys.readouterr().out
+    assert "models/deepseek-ai/DeepSeek-V3.1.yaml" in out and "805 GB over 8 GPU(s)" in out
+    assert ">= 93.8 GiB each" in out
+    assert "--enable-expert-parallel" in out
+    assert "--chat-template /vllm-workspace/examples/tool_chat_template_deepseekv31.jinja" in out
+    assert "is not on this host" in out  # no official image here
+    template = tmp_path / "t.jinja"
+    template.write_text("{{ messages }}")
+    main(["run", "deepseek-v3.1", "--dry-run", "--chat-template", str(template)])
+    out = capsys.readouterr().out
+    assert f"--chat-template {template}" in out and "is not on this host" not in out
+    main(["run", "kimi-k2.5-reap-int4", "--dry-run"])
+    assert "estimate, no vLLM recipe" in capsys.readouterr().out
+
+
+def test_ray_wait_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
+    port = free_port()  # nothing listens: the wait times out, quickly, with a message
+    address = f"127.0.0.1:{port}"
+    code = main(
+        ["ray-wait", "head", "--address", address, "--timeout", "0.2", "--interval", "0.05"]
+    )
+    out = capsys.readouterr().out
+    assert code == 1 and "start the head node first" in out
+
+
 def test_gpus_command_prints_a_snapshot(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["gpus"]) == 0
     snap = json.loads(capsys.readouterr().out)
@@ -179,3 +243,17 @@ drain_timeout_s = 5
     assert "final state: stopped" in text
     assert "health sidecar at" in text
     assert (tmp_path / "fake.log").read_text().count("Starting vLLM server") == 1
+
+
+def test_the_docs_give_the_ray_steps_in_launch_order() -> None:
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "serving.md").read_text()
+    section = docs[docs.index("### Two nodes") : docs.index("## Health")]
+    steps = [
+        "ray start --head --port=6379",
+        "--role worker --head-address HEAD_IP",
+        "ray start --address=HEAD_IP:6379 --block",
+        "reports all 16 GPUs",
+        "vllm serve ... --data-parallel-size 16",
+    ]
+    positions = [section.index(step) for step in steps]
+    assert positions == sorted(positions)

@@ -3,7 +3,7 @@ from __future__ import annotations
 import pytest
 
 from gonka_mux.errors import ConfigError
-from gonka_mux.serving.command import API_SERVER_MODULE, build_launch
+from gonka_mux.serving.command import API_SERVER_MODULE, build_launch, multinode_steps
 from gonka_mux.serving.registry import Registry
 
 
@@ -47,9 +47,10 @@ def test_kimi_k25_command_line(registry: Registry) -> None:
     assert plan.serves_http and plan.setup == ()
 
 
-def test_nvfp4_tier_sets_its_env_and_kv_dtype(registry: Registry) -> None:
+def test_nvfp4_tier_sets_its_kv_dtype_and_no_env_vllm_does_not_know(registry: Registry) -> None:
     plan = build_launch(registry.get("kimi-q4"))
-    assert plan.env["VLLM_USE_FLASHINFER_MOE_FP4"] == "1"
+    # The recipe's VLLM_USE_FLASHINFER_MOE_FP4 is not in vLLM 0.32's envs.py (warned, ignored).
+    assert "VLLM_USE_FLASHINFER_MOE_FP4" not in plan.env
     argv = list(plan.argv)
     assert argv[argv.index("--tensor-parallel-size") + 1] == "4"
     assert argv[argv.index("--kv-cache-dtype") + 1] == "fp8"
@@ -130,6 +131,29 @@ def test_cli_overrides_and_extra_args(registry: Registry) -> None:
     assert plan.env["CUDA_VISIBLE_DEVICES"] == "3"
 
 
+def test_chat_template_from_the_profile_or_the_option(registry: Registry) -> None:
+    p = registry.get("deepseek-v3.1")
+    argv = list(build_launch(p).argv)
+    assert argv[argv.index("--chat-template") + 1] == p.chat_template
+    assert "--enable-expert-parallel" in argv
+    argv = list(build_launch(p, chat_template="/t/mine.jinja").argv)
+    assert argv[argv.index("--chat-template") + 1] == "/t/mine.jinja"
+    assert "--chat-template" not in build_launch(registry.get("qwen3-8b")).argv
+    with pytest.raises(ConfigError, match="gonka-serve sets it"):
+        build_launch(p, extra_args=["--chat-template", "x"])
+
+
+def test_multinode_steps_are_in_launch_order(registry: Registry) -> None:
+    steps = multinode_steps(registry.get("kimi-k2-instruct-2node"), head_address="10.0.0.9")
+    assert [node for node, _ in steps] == ["head", "each worker", "head", "head"]
+    assert steps[0][1].startswith("ray start --head")
+    assert "ray start --address=10.0.0.9:6379 --block" in steps[1][1]
+    assert "16 GPUs" in steps[2][1] and steps[3][1].startswith("vllm serve")
+    assert multinode_steps(registry.get("qwen3-8b")) == []
+    mp = multinode_steps(registry.get("kimi-k2-instruct-2node-mp"))
+    assert "--headless" in mp[1][1]
+
+
 @pytest.mark.parametrize("flag", ["--port", "--served-model-name=x", "-tp", "--shutdown-timeout"])
 def test_extra_args_cannot_fight_managed_flags(registry: Registry, flag: str) -> None:
     with pytest.raises(ConfigError, match="gonka-serve sets it"):
@@ -141,12 +165,19 @@ def test_disable_log_stats_is_refused(registry: Registry) -> None:
         build_launch(registry.get("qwen3-8b"), extra_args=["--disable-log-stats"])
 
 
+WAIT = ("py", "-m", "gonka_mux.serving.raywait")
+
+
 def test_ray_two_node_head_and_worker(registry: Registry) -> None:
     p = registry.get("kimi-k2-instruct-2node")
     with pytest.raises(ConfigError, match="--head-address"):
         build_launch(p)
-    head = build_launch(p, head_address="10.0.0.1", host="0.0.0.0")
-    assert head.setup == (("ray", "start", "--head", "--port=6379", "--node-ip-address=10.0.0.1"),)
+    head = build_launch(p, head_address="10.0.0.1", host="0.0.0.0", helper_python="py")
+    # Head first: Ray up, then wait (bounded) until every node's GPUs are in, then vLLM.
+    assert head.setup == (
+        ("ray", "start", "--head", "--port=6379", "--node-ip-address=10.0.0.1"),
+        (*WAIT, "gpus", "--address", "10.0.0.1:6379", "--gpus", "16", "--timeout", "900"),
+    )
     assert head.teardown == (("ray", "stop"),)
     assert "# on stop: ray stop" in head.shell()
     argv = list(head.argv)
@@ -155,9 +186,16 @@ def test_ray_two_node_head_and_worker(registry: Registry) -> None:
     assert argv[argv.index("--data-parallel-backend") + 1] == "ray"
     assert argv[argv.index("--data-parallel-address") + 1] == "10.0.0.1"
     assert "--enable-expert-parallel" in argv and head.serves_http and head.role == "head"
-    worker = build_launch(p, role="worker", head_address="10.0.0.1")
+    worker = build_launch(
+        p, role="worker", head_address="10.0.0.1", helper_python="py", ray_wait_s=60
+    )
+    # The worker waits for the head's Ray, then joins it.
+    assert worker.setup == ((*WAIT, "head", "--address", "10.0.0.1:6379", "--timeout", "60"),)
     assert worker.argv == ("ray", "start", "--address=10.0.0.1:6379", "--block")
+    assert worker.teardown == (("ray", "stop"),)
     assert not worker.serves_http and worker.role == "worker"
+    with pytest.raises(ConfigError, match="Ray wait"):
+        build_launch(p, head_address="10.0.0.1", ray_wait_s=0)
 
 
 def test_mp_two_node_head_and_headless_worker(registry: Registry) -> None:

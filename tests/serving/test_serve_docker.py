@@ -33,7 +33,11 @@ def registry() -> Registry:
 
 
 def model_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {name: s for name, s in compose["services"].items() if name != "gateway"}
+    return {name: s for name, s in compose["services"].items() if not name.startswith("gateway")}
+
+
+def gateways(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {name: s for name, s in compose["services"].items() if name.startswith("gateway")}
 
 
 def test_every_gpu_profile_has_a_compose_profile(
@@ -68,11 +72,107 @@ def test_each_service_matches_its_profile(compose: dict[str, Any], registry: Reg
             assert "8000:8000" in service["ports"]
 
 
-def test_gateway_service_finds_the_node(compose: dict[str, Any]) -> None:
-    gateway = compose["services"]["gateway"]
-    assert gateway["build"]["target"] == "gateway"
-    assert gateway["environment"]["GONKA_VLLM_BASE_URL"] == "http://vllm:8000"
-    assert gateway["environment"]["GONKA_VLLM_HEALTH_URL"] == "http://vllm:8001/health"
+def test_every_model_service_has_a_gateway_that_waits_until_it_is_healthy(
+    compose: dict[str, Any],
+) -> None:
+    models = model_services(compose)
+    gws = gateways(compose)
+    heads = {n for n, svc in models.items() if "--role" not in svc["command"]} | {
+        n for n, svc in models.items() if "head" in svc["command"]
+    }
+    for name in heads:
+        gateway = gws[f"gateway-{name}"]
+        assert gateway["profiles"] == models[name]["profiles"], name
+        assert gateway["depends_on"] == {name: {"condition": "service_healthy"}}, name
+        assert gateway["build"]["target"] == "gateway"
+        env = gateway["environment"]
+        if models[name].get("network_mode") == "host":
+            # the head's network: `vllm` does not resolve there
+            assert gateway["network_mode"] == "host" and "ports" not in gateway
+            assert env["GONKA_VLLM_BASE_URL"] == "http://127.0.0.1:8000"
+            assert env["GONKA_VLLM_HEALTH_URL"] == "http://127.0.0.1:8001/health"
+        else:
+            assert models[name]["networks"]["default"]["aliases"] == ["vllm"]
+            assert env["GONKA_VLLM_BASE_URL"] == "http://vllm:8000"
+            assert env["GONKA_VLLM_HEALTH_URL"] == "http://vllm:8001/health"
+            assert gateway["ports"] == ["9000:9000"]
+    workers = set(models) - heads
+    assert workers and all(n.endswith("-worker") for n in workers)
+    assert not any(f"gateway-{w}" in gws for w in workers)
+
+
+def test_no_service_depends_on_one_its_profiles_can_leave_out(compose: dict[str, Any]) -> None:
+    """Compose v2 refuses a project ("depends on undefined service") where a dependency is
+    disabled by a profile that the dependent's profiles do not all enable."""
+    services = compose["services"]
+    for name, svc in services.items():
+        for dep in svc.get("depends_on", {}):
+            assert dep in services, (name, dep)
+            needed = set(svc.get("profiles", []))
+            theirs = set(services[dep].get("profiles", []))
+            assert not theirs or (needed and needed <= theirs), (name, dep)
+
+
+def gateway_parser() -> Any:
+    from gonka_mux.cli import build_parser
+
+    return build_parser()
+
+
+def test_gateway_commands_parse_with_the_gateway_cli_and_name_the_shipped_config(
+    compose: dict[str, Any],
+) -> None:
+    dockerfile = (DOCKER / "Dockerfile").read_text()
+    entrypoint = yaml.safe_load(
+        re.findall(r"^ENTRYPOINT (\[.*\])$", dockerfile, re.M)[-1]
+    )  # the gateway stage's
+    assert entrypoint == ["gonka-mux", "gateway"]
+    assert "COPY docker/gateway.toml /etc/gonka-mux/gateway.toml" in dockerfile
+    cmd = yaml.safe_load(re.findall(r"^CMD (\[.*\])$", dockerfile, re.M)[-1])
+    for command in [cmd] + [g["command"] for g in gateways(compose).values()]:
+        args = gateway_parser().parse_args([*entrypoint[1:], *command])
+        assert args.config == "/etc/gonka-mux/gateway.toml", command  # required by the CLI
+        assert args.port == 9000 and args.host == "0.0.0.0"
+
+
+def test_the_shipped_gateway_config_builds_a_multiplexer_from_the_compose_env(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from gonka_mux import AsyncMultiplexer
+
+    env = next(iter(gateways(compose).values()))["environment"]
+    for key in ("GONKA_VLLM_BASE_URL", "GONKA_VLLM_HEALTH_URL"):
+        monkeypatch.setenv(key, env[key])
+    mux = AsyncMultiplexer.from_config(DOCKER / "gateway.toml")  # what the gateway CLI does
+    assert mux.config == {"vllm": {"interval": 2.0}}
+    assert mux.endpoints == []  # nothing contacted yet: the node joins when it is up
+
+
+INTERPOLATION = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?::?([-?])([^}]*))?\}")
+
+
+def test_every_variable_the_compose_file_reads_is_documented(compose: dict[str, Any]) -> None:
+    text = (DOCKER / "compose.yaml").read_text()
+    found = {m.group(1): m.group(2) for m in INTERPOLATION.finditer(text)}
+    assert set(found) == {"HF_CACHE", "HEAD_ADDRESS"}
+    # None is required with ${VAR:?}: compose would demand it for every profile, even those
+    # that do not use it (gonka-serve refuses an empty --head-address itself).
+    assert set(found.values()) == {"-"}
+    for name, svc in compose["services"].items():
+        if "HEAD_ADDRESS" in " ".join(map(str, svc.get("command", []))):
+            assert svc.get("network_mode") == "host", name
+    # Secrets pass through only when set (a null value): an empty GONKA_ADMIN_API_KEY would be
+    # refused by the gateway ("too weak") and crash-loop it; an empty HF_TOKEN is not "none".
+    passed = {
+        key
+        for svc in compose["services"].values()
+        for key, value in (svc.get("environment") or {}).items()
+        if value is None
+    }
+    assert passed == {"HF_TOKEN", "GONKA_ADMIN_API_KEY"}
+    header = text[: text.index("x-serve-base")]
+    for var in set(found) | passed:
+        assert f"#   {var} " in header, var  # the header says what each one is for
 
 
 def test_dockerfile_builds_on_the_official_vllm_image() -> None:

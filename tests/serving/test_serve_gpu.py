@@ -80,8 +80,8 @@ def test_kimi_full_fits_8x_h200_and_not_8x_h100(registry: Registry) -> None:
     }
     refused = check_fit(p, read_gpus(fake_nvml(8, H100)), environ={})
     assert not refused.ok
-    assert "needs 8 GPU(s) per node with >= 88 GiB" in refused.explain()
-    assert "79.6 GiB < 88 GiB needed" in refused.explain()
+    assert "needs 8 GPU(s) per node with >= 83.2 GiB" in refused.explain()  # 714 GB / 8
+    assert "79.6 GiB < 83.2 GiB needed" in refused.explain()
     assert "8x H200" in refused.explain()  # tells the operator what would fit
 
 

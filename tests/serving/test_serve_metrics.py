@@ -132,3 +132,26 @@ def test_histogram_quantile_edges() -> None:
     assert h.quantile(0.99) == 1.0  # beyond the last finite bound: report that bound
     assert Histogram((), 0.0, 0.0).quantile(0.5) is None
     assert h.summary()["mean"] == 1.5
+
+
+def test_queue_time_in_the_first_bucket_is_an_honest_upper_bound() -> None:
+    """Recorded: 2 requests queued 40 us on average, both in the first bucket (le 0.3 s).
+    Interpolating inside that bucket said p50 = 0.15 s; the truth is only "at most"."""
+    m = VllmMetrics.from_text(recorded(NEW_LOAD))
+    queue = m.latency_summary()["queue_time"]
+    assert queue["count"] == 2.0 and queue["mean"] == pytest.approx(4.0e-5, rel=0.01)
+    assert queue["bounds"] == {"p50": "upper", "p90": "upper", "p99": "upper"}
+    # Markov: a non-negative quantity's q-quantile is at most mean / (1 - q)
+    assert queue["p50"] == pytest.approx(2 * queue["mean"], rel=1e-3)
+    assert queue["p99"] <= 0.3 and queue["p50"] <= queue["p90"] <= queue["p99"]
+
+
+def test_quantile_bounds_first_bucket_interior_and_overflow() -> None:
+    h = Histogram(((0.5, 8.0), (1.0, 9.0), (2.0, 10.0), (math.inf, 12.0)), 12.0, 30.0)
+    assert h.quantile_bound(0.5) == (0.5, "upper")  # Markov (2.5 / 0.5 = 5) is weaker here
+    assert h.quantile_bound(0.6) == (0.5, "upper")
+    assert h.quantile_bound(0.75) == (1.0, None)  # rank 9: the top of (0.5, 1.0]
+    value, bound = h.quantile_bound(0.8)  # rank 9.6: inside (1.0, 2.0]
+    assert bound is None and value == pytest.approx(1.6)
+    assert h.quantile_bound(0.99) == (2.0, "lower")  # past the last finite bound
+    assert h.summary()["bounds"] == {"p50": "upper", "p90": "lower", "p99": "lower"}

@@ -7,12 +7,14 @@ from pathlib import Path
 import pytest
 
 from gonka_mux.errors import ConfigError
+from gonka_mux.serving.command import FOREIGN_ENV
 from gonka_mux.serving.registry import (
     _FIELD_TYPES,
     PROFILES_ENV,
     Profile,
     Registry,
     UnknownProfile,
+    per_gpu_gib,
 )
 
 
@@ -48,13 +50,14 @@ def test_cheaper_tiers_map_to_servable_checkpoints(registry: Registry) -> None:
     assert q4.name == "kimi-k2.5-nvfp4" and q4.tier == "q4"
     assert q4.gpus == q4.tensor_parallel_size == 4
     assert q4.min_compute_capability == 10.0  # NVFP4 needs Blackwell
-    assert q4.env["VLLM_USE_FLASHINFER_MOE_FP4"] == "1"
+    assert "VLLM_USE_FLASHINFER_MOE_FP4" not in q4.env  # unknown to vLLM 0.32: ignored, so unset
     q2 = registry.get("kimi-q2")
     assert q2.tier == "q2" and q2.gpus == q2.tensor_parallel_size == 2
     assert "Kimi-Linear" in q2.model
     assert "GGUF" in q2.notes  # the registry says plainly why Q2 is a different model
     hopper = registry.get("kimi-q4-hopper")
     assert hopper.experimental and hopper.gpus == 4
+    assert "unverified" in hopper.description and "diagnostic" in hopper.notes
 
 
 def test_other_families_and_k2_thinking_are_present(registry: Registry) -> None:
@@ -186,3 +189,84 @@ def test_with_overrides_validates() -> None:
     assert p.with_overrides(drain_timeout_s=5).drain_timeout_s == 5
     with pytest.raises(ConfigError, match="drain_timeout_s"):
         p.with_overrides(drain_timeout_s=0)
+
+
+# ------------------------------------------------------------------ facts from vLLM's recipes
+
+# The recipe numbers (vllm-project/recipes, models/<org>/<model>.yaml, vram_minimum_gb of the
+# variant served) and what a profile must require per GPU: GB * 10^9 / 2^30 / GPUs, rounded up.
+RECIPE_MINIMUMS = {
+    "kimi-k2.5": (714, 83.2),
+    "kimi-k2.5-nvfp4": (600, 139.7),
+    "kimi-linear-48b": (115, 53.6),
+    "kimi-k2-thinking": (600, 69.9),
+    "kimi-k2-instruct-2node": (1200, 69.9),
+    "kimi-k2-instruct-2node-mp": (1200, 69.9),
+    "deepseek-v3.1": (805, 93.8),
+    "llama-3.3-70b": (170, 39.6),
+    "llama-3.1-8b": (20, 18.7),
+    "qwen3-32b": (77, 35.9),
+    "qwen3-8b": (20, 18.7),
+}
+
+
+@pytest.mark.parametrize("name", sorted(RECIPE_MINIMUMS))
+def test_memory_minimum_is_derived_from_the_recipe(registry: Registry, name: str) -> None:
+    p = registry.get(name)
+    recipe_gb, per_gpu = RECIPE_MINIMUMS[name]
+    assert p.recipe_vram_minimum_gb == recipe_gb and p.recipe.startswith("vllm-project/recipes")
+    assert p.min_gpu_memory_gib == pytest.approx(per_gpu)
+    assert per_gpu_gib(recipe_gb, p.total_gpus) == pytest.approx(per_gpu)
+
+
+def test_every_gpu_profile_says_where_its_memory_minimum_comes_from(registry: Registry) -> None:
+    for p in registry:
+        if p.device == "cuda":
+            assert p.recipe_vram_minimum_gb is not None or p.memory_source, p.name
+            assert not (p.recipe_vram_minimum_gb is None and p.recipe), p.name
+
+
+def test_the_deepseek_profile_has_the_recipes_flags(registry: Registry) -> None:
+    p = registry.get("deepseek-v3.1")
+    assert p.enable_expert_parallel and p.tensor_parallel_size == 8  # recipe: TP8 + EP
+    assert p.tool_call_parser == "deepseek_v31" and p.enable_auto_tool_choice
+    assert p.chat_template is not None
+    assert p.chat_template.endswith("examples/tool_chat_template_deepseekv31.jinja")
+    # 805 GB over 8: an H20 (95.6 GiB) fits, an 80 GB H100 (79.6) does not
+    assert 79.6 < p.min_gpu_memory_gib <= 95.6
+
+
+def test_no_profile_sets_an_env_var_vllm_does_not_define(registry: Registry) -> None:
+    """vLLM's own names are checked against the installed vllm.envs by the CI leg; any other
+    variable must name the package that reads it."""
+    for p in registry:
+        for key in p.env:
+            assert key.startswith("VLLM_") or key in FOREIGN_ENV, (p.name, key)
+        assert "VLLM_USE_FLASHINFER_MOE_FP4" not in p.env, p.name
+
+
+def test_a_minimum_below_the_recipe_is_refused() -> None:
+    text = """
+[profiles.low]
+model = "m"
+served_model_name = "m"
+gpus = 8
+tensor_parallel_size = 8
+recipe_vram_minimum_gb = 805
+min_gpu_memory_gib = 80
+"""
+    with pytest.raises(ConfigError, match="below the recipe"):
+        Registry.from_toml(text)
+    higher = Registry.from_toml(text.replace("gib = 80", "gib = 120")).get("low")
+    assert higher.min_gpu_memory_gib == 120  # stricter than the recipe is allowed
+
+
+def test_extends_rederives_the_minimum_for_its_own_gpu_count(registry: Registry) -> None:
+    text = """
+[profiles.k25-16]
+extends = "kimi-k2.5"
+gpus = 16
+tensor_parallel_size = 16
+"""
+    p = Registry.from_toml(text, base=registry).get("k25-16")
+    assert p.min_gpu_memory_gib == pytest.approx(per_gpu_gib(714, 16)) == pytest.approx(41.6)

@@ -320,3 +320,58 @@ async def test_api_key_is_used_for_readiness_and_kept_out_of_logs(
     assert "sk-secret-999" not in repr(sup.plan)
     text = log.read_text()
     assert "non-default args: {'api_key': ['***']}" in text and "sk-secret-999" not in text
+
+
+async def test_a_clean_stop_summarises_vllms_teardown_traceback_in_one_line(
+    port: int, tmp_path: Path
+) -> None:
+    config = dataclasses.replace(FAST, log_path=tmp_path / "vllm.log")
+    sup, events = make_supervisor(port, "--teardown-traceback", config=config)
+    task = asyncio.create_task(sup.run())
+    await sup.wait_for_state(State.READY, timeout=15)
+    sup.request_stop()
+    assert await asyncio.wait_for(task, 15) == 0
+    assert not [e for e in events if e.kind == "log" and e.data.get("level") == "error"]
+    assert not [e for e in events if e.kind == "error"]
+    summary = [e for e in events if "shutdown printed" in e.message]
+    assert len(summary) == 1 and summary[0].kind == "progress"
+    assert (
+        "EngineDeadError" in summary[0].message
+        and "after the drain completed" in summary[0].message
+    )
+    assert str(tmp_path / "vllm.log") in summary[0].message
+    assert "Traceback (most recent call last)" in (tmp_path / "vllm.log").read_text()  # kept
+
+
+async def test_loading_lines_quote_the_current_process_only(port: int, tmp_path: Path) -> None:
+    """After a crash, "still loading" used to quote the killed process's last line."""
+    config = dataclasses.replace(FAST, progress_every_s=0.05)
+    marker = tmp_path / "crashed-once"
+    sup, events = make_supervisor(
+        port, "--crash-once", str(marker), "--loading-lines", "4", config=config
+    )
+    task = asyncio.create_task(sup.run())
+    await wait_until(lambda: sup.restarts == 1 and sup.state is State.READY, timeout=20)
+    sup.request_stop()
+    assert await asyncio.wait_for(task, 15) == 0
+    pids = [e.data["pid"] for e in events if "pid" in e.data]
+    assert len(pids) == 2
+    starts = [i for i, e in enumerate(events) if e.message.startswith("started pid")]
+    second = events[starts[1] :]
+    loading = [e.message for e in second if e.message.startswith("still loading")]
+    assert loading, "no progress line while the restarted server loaded"
+    assert all("fatal error" not in m and f"pid {pids[0]} " not in m for m in loading), loading
+    assert sup.last_exit is not None and sup.last_exit.reason == "stopped on request"
+
+
+async def test_setup_output_is_progress_and_a_stop_ends_a_long_setup(port: int) -> None:
+    sup, events = make_supervisor(port)
+    sup.plan = dataclasses.replace(
+        sup.plan,
+        setup=(("sh", "-c", "echo waiting for 16 GPUs; sleep 30"),),
+    )
+    task = asyncio.create_task(sup.run())
+    await wait_until(lambda: any(e.message == "setup | waiting for 16 GPUs" for e in events), 5)
+    sup.request_stop()
+    assert await asyncio.wait_for(task, 10) == 0  # the setup was stopped, vLLM never started
+    assert sup.state is State.STOPPED and sup.pid is None

@@ -6,6 +6,7 @@
     gonka-serve health --url http://127.0.0.1:8001/health
     gonka-serve gpus                             # what NVML sees, as JSON
     gonka-serve tiny-model ./tiny-model --python .venv-vllm/bin/python
+    gonka-serve ray-wait gpus --address HEAD:6379 --gpus 16   # what a Ray head runs first
 
 Exit codes: 0 ok (run: stopped cleanly; health: ready), 1 failure (run: gave up after restarts;
 health: not ready), 2 refused (bad profile or options, or the host cannot fit the profile).
@@ -88,6 +89,19 @@ def _parser() -> argparse.ArgumentParser:
     r.add_argument("--head-address", default=None, help="head node IP (multi-node profiles)")
     r.add_argument("--node-rank", type=int, default=1, help="worker node rank (multi-node, >= 1)")
     r.add_argument(
+        "--ray-wait-timeout",
+        type=float,
+        default=900.0,
+        help="Ray profiles: seconds the head waits for every node's GPUs, and a worker for the "
+        "head (default 900)",
+    )
+    r.add_argument(
+        "--chat-template",
+        default=None,
+        metavar="FILE",
+        help="chat template for vLLM (replaces the profile's chat_template)",
+    )
+    r.add_argument(
         "--nice",
         type=int,
         default=0,
@@ -111,6 +125,11 @@ def _parser() -> argparse.ArgumentParser:
     h.add_argument("--timeout", type=float, default=5.0)
 
     sub.add_parser("gpus", help="print what NVML sees, as JSON")
+    sub.add_parser(
+        "ray-wait",
+        help="wait (bounded) for a Ray head or for all its GPUs (run by Ray launch plans)",
+        add_help=False,
+    )
 
     t = sub.add_parser("tiny-model", help="build a tiny random model for CPU smoke tests, offline")
     t.add_argument("out", help="output directory")
@@ -121,6 +140,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["ray-wait"]:  # its own argument parser
+        from gonka_mux.serving import raywait
+
+        return raywait.main(argv[1:])
     vllm_args: list[str] = []
     if "--" in argv:  # everything after a lone -- goes to vLLM untouched
         cut = argv.index("--")
@@ -172,6 +195,10 @@ def _cmd_profiles(args: argparse.Namespace) -> int:
                 "parallel": _parallel(p),
                 "min_gpu_memory_gib": p.min_gpu_memory_gib,
                 "min_compute_capability": p.min_compute_capability,
+                "recipe": p.recipe or None,
+                "recipe_vram_minimum_gb": p.recipe_vram_minimum_gb,
+                "memory_source": p.memory_source or None,
+                "chat_template": p.chat_template,
                 "parsers": "/".join(x for x in (p.tool_call_parser, p.reasoning_parser) if x),
                 "max_model_len": p.max_model_len,
                 "recommended_gpus": p.recommended_gpus,
@@ -264,7 +291,7 @@ def _parse_gpus(text: str | None) -> list[int] | None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from gonka_mux.serving.command import build_launch, redact_env
+    from gonka_mux.serving.command import build_launch, multinode_steps, redact_env
     from gonka_mux.serving.gpu import check_fit, read_gpus
 
     registry = _registry(args)
@@ -302,6 +329,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         node_rank=args.node_rank,
         nice=args.nice,
         cpu_affinity=args.cpu_affinity,
+        chat_template=args.chat_template,
+        ray_wait_s=args.ray_wait_timeout,
     )
     health_port = args.port + 1 if args.health_port is None else args.health_port
 
@@ -310,6 +339,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         print(header)
         print(f"  model: {args.model or profile.model}  served as: {plan.served_model_name}")
         print(f"  needs: {_needs(profile)}")
+        print(f"  memory minimum from: {_memory_source(profile)}")
         if profile.recommended_gpus:
             print(f"  recommended: {profile.recommended_gpus}")
         if profile.experimental:
@@ -325,7 +355,25 @@ def _cmd_run(args: argparse.Namespace) -> int:
             f"health sidecar: {'off' if health_port < 0 else f'port {health_port}'}"
         )
         print("  env: " + " ".join(f"{k}={v}" for k, v in sorted(redact_env(plan.env).items())))
-        print("  command:")
+        template = args.chat_template or profile.chat_template
+        if template and plan.serves_http and not Path(template).is_file():
+            print(
+                f"  chat template: {template} is not on this host (the official vLLM image "
+                "ships it); pass --chat-template FILE where it is elsewhere"
+            )
+        if profile.is_multinode:
+            print(
+                f"  multi-node launch ({profile.nodes} nodes, {profile.multinode_mode}), "
+                "in this order:"
+            )
+            steps = multinode_steps(
+                profile,
+                head_address=args.head_address or "HEAD_IP",
+                ray_wait_s=args.ray_wait_timeout,
+            )
+            for i, (node, step) in enumerate(steps, 1):
+                print(f"    {i}. {node}: {step}")
+        print(f"  command ({plan.role}):" if profile.is_multinode else "  command:")
         for line in plan.shell().splitlines():
             print("    " + line)
         for note in plan.notes:
@@ -354,6 +402,17 @@ def _needs(profile: Any) -> str:
     if profile.min_compute_capability:
         text += f", compute capability >= {profile.min_compute_capability:g}"
     return text
+
+
+def _memory_source(profile: Any) -> str:
+    if profile.device == "cpu":
+        return "no GPU"
+    if profile.recipe_vram_minimum_gb is not None:
+        return (
+            f"{profile.recipe or 'the vLLM recipe'}: {profile.recipe_vram_minimum_gb:g} GB over "
+            f"{profile.total_gpus} GPU(s)"
+        )
+    return profile.memory_source or "the profile (no source given)"
 
 
 def _gpu_line(snapshot: Any) -> str:

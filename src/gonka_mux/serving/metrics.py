@@ -136,34 +136,59 @@ class Histogram:
         )
 
     def quantile(self, q: float) -> float | None:
-        """Estimate a quantile the way Prometheus' histogram_quantile does (linear in a bucket)."""
+        """Estimate a quantile as Prometheus' histogram_quantile does (linear inside a bucket),
+        except where that would invent precision; :meth:`quantile_bound` says which."""
+        return self.quantile_bound(q)[0]
+
+    def quantile_bound(self, q: float) -> tuple[float | None, str | None]:
+        """``(value, bound)``: ``bound`` is None for an estimate, ``"upper"`` when the value is
+        only an upper bound, ``"lower"`` when only a lower bound.
+
+        - In the first bucket (lower edge 0) nothing says where the observations lie: linear
+          interpolation there made a 24 us mean queue time read as a 0.15 s median. The
+          quantile is reported as an upper bound: the bucket's bound, or Markov's bound
+          ``mean / (1 - q)`` (any non-negative quantity) when that is smaller.
+        - Beyond the last finite bound it is at least that bound: a lower bound.
+        """
         if self.count <= 0 or not self.buckets:
-            return None
+            return None, None
         rank = q * self.count
         prev_bound, prev_count = 0.0, 0.0
         for bound, cumulative in self.buckets:
             if cumulative >= rank:
                 if math.isinf(bound):
-                    return prev_bound  # the best we can say: beyond the last finite bound
+                    return prev_bound, "lower"
+                if prev_bound == 0.0 and bound > 0.0:
+                    markov = self.sum / self.count / (1.0 - q) if q < 1.0 else math.inf
+                    return min(bound, markov), "upper"
                 if cumulative == prev_count:
-                    return bound
-                return prev_bound + (bound - prev_bound) * (rank - prev_count) / (
+                    return bound, None
+                value = prev_bound + (bound - prev_bound) * (rank - prev_count) / (
                     cumulative - prev_count
                 )
+                return value, None
             prev_bound, prev_count = bound, cumulative
-        return prev_bound
+        return prev_bound, "lower"
 
-    def summary(self) -> dict[str, float | None]:
-        def r(x: float | None) -> float | None:
-            return None if x is None else round(x, 6)
+    def summary(self) -> dict[str, Any]:
+        """``count``, ``mean`` and ``p50``/``p90``/``p99`` (seconds); ``bounds`` names the
+        percentiles that are only bounds (``{"p50": "upper"}``: the true value is at most that)."""
 
-        return {
+        def r(x: float | None) -> float | None:  # 6 significant digits: queue times are in us
+            return None if x is None else float(f"{x:.6g}")
+
+        out: dict[str, Any] = {
             "count": self.count,
             "mean": r(self.sum / self.count) if self.count else None,
-            "p50": r(self.quantile(0.50)),
-            "p90": r(self.quantile(0.90)),
-            "p99": r(self.quantile(0.99)),
         }
+        bounds: dict[str, str] = {}
+        for name, q in (("p50", 0.50), ("p90", 0.90), ("p99", 0.99)):
+            value, bound = self.quantile_bound(q)
+            out[name] = r(value)
+            if bound is not None:
+                bounds[name] = bound
+        out["bounds"] = bounds
+        return out
 
 
 # quantity -> names it has had, newest first

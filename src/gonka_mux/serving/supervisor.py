@@ -145,6 +145,7 @@ _PROGRESS_PATTERNS = [
         r"Compil(ing|ation) .*took",
         r"Available KV cache memory",
         r"maximum concurrency",
+        r"draining in-flight requests",
     )
 ]
 _ERROR_PATTERNS = [
@@ -158,6 +159,14 @@ _ERROR_PATTERNS = [
         r"RuntimeError",
     )
 ]
+
+
+# Lines of a Python traceback as vLLM's loggers print them (with or without a log prefix).
+_TRACEBACK_LINE = re.compile(
+    r"Traceback \(most recent call last\)|^\s*(\(\w+ pid=\d+\)\s*)?(ERROR|CRITICAL)\b|"
+    r'^\s*File "|^\s+\S|^\s*\^+\s*$'
+)
+_ERROR_NAME = re.compile(r"\b[A-Z]\w*(Error|Exception)\b")
 
 
 class _RotatingLog:
@@ -268,6 +277,12 @@ class Supervisor:
         # (monotonic time, scrape) pairs for "recent" latency windows.
         self.metrics_history: deque[tuple[float, VllmMetrics]] = deque(maxlen=64)
         self.log_tail: deque[str] = deque(maxlen=self.config.log_tail_lines)
+        # The lines of the process running now (log_tail spans restarts): "still loading" and an
+        # exit's tail quote these, never a line of a process that was already killed.
+        self.process_tail: deque[str] = deque(maxlen=self.config.log_tail_lines)
+        # After we signal vLLM to stop, its error lines (the EngineDeadError traceback every
+        # clean shutdown prints) are counted here and reported as one line once it is gone.
+        self._quiet: list[str] | None = None
 
         self._proc: asyncio.subprocess.Process | None = None
         self._stop = asyncio.Event()
@@ -354,7 +369,12 @@ class Supervisor:
                     "server or pass another --port",
                 )
                 return 1
+            if self.plan.setup:  # e.g. a Ray head waiting for its workers: not "stopped"
+                self._set_state(State.STARTING, f"setup ({len(self.plan.setup)} step(s))")
             if not await self._run_setup():
+                if self._stop.is_set():
+                    self._set_state(State.STOPPED, "stopped while setting up")
+                    return 0
                 self._set_state(State.FAILED)
                 return 1
             while True:
@@ -398,21 +418,56 @@ class Supervisor:
             self._emit("state", state.value + (f": {detail}" if detail else ""))
 
     async def _run_setup(self) -> bool:
+        """Run the plan's setup commands in order (Ray: start the head, wait for the workers'
+        GPUs). Their output is shown line by line as progress; a failure, or a stop request,
+        ends the run before vLLM starts."""
         for cmd in self.plan.setup:
             self._emit("progress", "setup: " + " ".join(cmd))
             try:
                 proc = await asyncio.create_subprocess_exec(
                     *cmd,
                     env={**os.environ, **self.plan.env},
+                    stdin=asyncio.subprocess.DEVNULL,
                     stdout=asyncio.subprocess.PIPE,
                     stderr=asyncio.subprocess.STDOUT,
+                    start_new_session=True,  # its own group: a stop ends its children too
                 )
             except OSError as exc:
                 self._emit("error", f"setup command {cmd[0]!r} could not start: {exc}")
                 return False
-            out, _ = await proc.communicate()
+            tail: deque[str] = deque(maxlen=5)
+
+            async def pump(proc: asyncio.subprocess.Process = proc, tail: deque = tail) -> None:
+                assert proc.stdout is not None
+                async for raw in proc.stdout:
+                    line = redact_text(raw.decode(errors="replace").rstrip())
+                    if line:
+                        tail.append(line)
+                        self._emit("progress", f"setup | {line}", setup=True)
+
+            reader = asyncio.create_task(pump())
+            waiter = asyncio.create_task(_wait_exit(proc))
+            stop = asyncio.create_task(self._stop.wait())
+            try:
+                await asyncio.wait({waiter, stop}, return_when=asyncio.FIRST_COMPLETED)
+                if not waiter.done():  # asked to stop while setting up
+                    for sig, grace in ((signal.SIGTERM, 5.0), (signal.SIGKILL, 5.0)):
+                        with contextlib.suppress(ProcessLookupError, PermissionError):
+                            os.killpg(proc.pid, sig)
+                        await asyncio.wait({waiter}, timeout=grace)
+                        if waiter.done():
+                            break
+                    self._emit("progress", f"setup command {cmd[0]!r} stopped on request")
+                    return False
+                with contextlib.suppress(asyncio.TimeoutError):
+                    await asyncio.wait_for(reader, 5)
+            finally:
+                stop.cancel()
+                reader.cancel()
+                if not waiter.done():
+                    await asyncio.wait({waiter}, timeout=5)
+                    waiter.cancel()
             if proc.returncode != 0:
-                tail = out.decode(errors="replace").strip().splitlines()[-5:]
                 self._emit("error", f"setup command failed ({proc.returncode}): {' | '.join(tail)}")
                 return False
         return True
@@ -441,6 +496,8 @@ class Supervisor:
         self.started_at = time.time()
         self.ready_at = None
         self.models = []
+        self.process_tail.clear()
+        self._quiet = None
         try:
             self._proc = await asyncio.create_subprocess_exec(
                 *self.plan.argv,
@@ -474,9 +531,14 @@ class Supervisor:
             if self._log is not None:
                 self._log.write(text.encode() + b"\n")
             self.log_tail.append(text)
+            self.process_tail.append(text)
             if self._on_log_line is not None:
                 self._on_log_line(text)
-            if any(p.search(text) for p in _ERROR_PATTERNS):
+            if self._quiet is not None and (
+                _TRACEBACK_LINE.search(text) or any(p.search(text) for p in _ERROR_PATTERNS)
+            ):
+                self._quiet.append(text)  # shutdown noise: summarised once the process is gone
+            elif any(p.search(text) for p in _ERROR_PATTERNS):
                 self._emit("log", text, level="error")
             elif any(p.search(text) for p in _PROGRESS_PATTERNS):
                 self._emit("log", text, level="progress")
@@ -512,11 +574,32 @@ class Supervisor:
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(pump, 5)
             pump.cancel()
+            self._summarise_shutdown_noise()
 
     def _record_exit(self, code: int | None, reason: str) -> None:
-        self.last_exit = ExitInfo(code, reason, time.time(), tuple(self.log_tail)[-20:])
+        self.last_exit = ExitInfo(code, reason, time.time(), tuple(self.process_tail)[-20:])
         self._set_state(State.CRASHED)
-        self._emit("error", reason, code=code, log_tail=list(self.log_tail)[-10:])
+        self._emit("error", reason, code=code, log_tail=list(self.process_tail)[-10:])
+
+    def _summarise_shutdown_noise(self) -> None:
+        """One line for the error lines vLLM printed after we asked it to stop."""
+        lines, self._quiet = self._quiet, None
+        if not lines:
+            return
+        kinds = sorted({m.group(0) for line in lines for m in _ERROR_NAME.finditer(line)})
+        where = f"; full text in {self.config.log_path}" if self.config.log_path else ""
+        clean = self.last_exit is not None and self.last_exit.reason == "stopped on request"
+        message = (
+            f"vLLM's shutdown printed {len(lines)} error/traceback line(s)"
+            + (f" ({', '.join(kinds[:3])})" if kinds else "")
+            + (
+                " after the drain completed: the usual engine teardown, not a failure"
+                if clean
+                else ""
+            )
+            + where
+        )
+        self._emit("progress" if clean else "error", message, lines=len(lines))
 
     async def _sleep_or(self, seconds: float, *tasks: asyncio.Task[Any]) -> bool:
         """Sleep ``seconds`` unless one of ``tasks`` finishes first (then return True)."""
@@ -547,7 +630,7 @@ class Supervisor:
                 return "ready"
             if time.monotonic() - last_progress >= self.config.progress_every_s:
                 last_progress = time.monotonic()
-                last_line = self.log_tail[-1] if self.log_tail else ""
+                last_line = self.process_tail[-1] if self.process_tail else ""
                 self._emit(
                     "progress",
                     f"still loading after {elapsed:.0f} s"
@@ -665,6 +748,7 @@ class Supervisor:
                 f"draining: SIGTERM to pid {proc.pid}, up to {self.config.drain_timeout_s:g} s "
                 "for in-flight requests",
             )
+            self._quiet = []
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)  # the API server only, never the group
         budget = self.config.drain_timeout_s + self.config.kill_grace_s
@@ -673,12 +757,20 @@ class Supervisor:
             self._emit("error", f"still running {budget:g} s after SIGTERM: killing the group")
             await self._kill_group()
             await asyncio.wait({exited}, timeout=10)
+            self.last_exit = ExitInfo(
+                proc.returncode,
+                "killed after the drain budget",
+                time.time(),
+                tuple(self.process_tail)[-20:],
+            )
+            return
         self.last_exit = ExitInfo(proc.returncode, "stopped on request", time.time())
 
     async def _terminate(
         self, proc: asyncio.subprocess.Process, exited: asyncio.Task[int], *, grace: float
     ) -> None:
         if proc.returncode is None:
+            self._quiet = []
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
             await asyncio.wait({exited}, timeout=grace)
