@@ -10,8 +10,8 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, overload
 
 from ._clients import ClientFactory
 from ._core import (
@@ -28,6 +28,7 @@ from ._core import (
     RoutingSettings,
 )
 from ._portal import Portal
+from ._urls import check_base_url
 from .endpoint import Endpoint, EndpointTier, shown_url
 from .features import Feature
 from .limits.feature import LimitsFeature
@@ -38,6 +39,10 @@ from .tiering.feature import TieringFeature
 from .webhooks.feature import JobsFeature
 
 if TYPE_CHECKING:
+    from openai.types import Completion, CreateEmbeddingResponse, Model
+    from openai.types.chat import ChatCompletion
+
+    from ._stream import AsyncChunkStream, ChunkStream
     from .limits import RateLimiter
     from .memory import MemoryStore
     from .metering import Meter
@@ -85,7 +90,7 @@ def _make_async_client(
     retries) and stays on its own HTTP client."""
     if isinstance(client_or_base_url, str):
         return factory.client(
-            base_url=client_or_base_url,
+            base_url=check_base_url(client_or_base_url),
             api_key=api_key or os.environ.get("OPENAI_API_KEY") or "not-needed",
             default_headers=default_headers,
         )
@@ -121,7 +126,9 @@ class _Resource:
 class _AsyncCreate(_Resource):
     _kind: RequestKind
 
-    async def create(self, **params: Any) -> Any:
+    async def _create(self, stream: bool | None, params: dict[str, Any]) -> Any:
+        if stream is not None:
+            params["stream"] = stream
         body, request_options, options = _split(params)
         return await self._mux._core.execute(
             self._kind, body, request_options, options, stream=bool(body.get("stream"))
@@ -138,13 +145,39 @@ class _AsyncChatCompletions(_AsyncCreate):
 
     _kind = CHAT
 
+    @overload
+    async def create(
+        self, *, stream: Literal[False] | None = None, **params: Any
+    ) -> ChatCompletion: ...
+    @overload
+    async def create(self, *, stream: Literal[True], **params: Any) -> AsyncChunkStream: ...
+    @overload
+    async def create(self, *, stream: bool, **params: Any) -> ChatCompletion | AsyncChunkStream: ...
+    async def create(
+        self, *, stream: bool | None = None, **params: Any
+    ) -> ChatCompletion | AsyncChunkStream:
+        return await self._create(stream, params)  # type: ignore[no-any-return]
+
 
 class _AsyncLegacyCompletions(_AsyncCreate):
     _kind = COMPLETIONS
 
+    @overload
+    async def create(
+        self, *, stream: Literal[False] | None = None, **params: Any
+    ) -> Completion: ...
+    @overload
+    async def create(self, *, stream: Literal[True], **params: Any) -> AsyncChunkStream: ...
+    @overload
+    async def create(self, *, stream: bool, **params: Any) -> Completion | AsyncChunkStream: ...
+    async def create(
+        self, *, stream: bool | None = None, **params: Any
+    ) -> Completion | AsyncChunkStream:
+        return await self._create(stream, params)  # type: ignore[no-any-return]
+
 
 class _AsyncEmbeddings(_Resource):
-    async def create(self, **params: Any) -> Any:
+    async def create(self, **params: Any) -> CreateEmbeddingResponse:
         body, request_options, options = _split(params)
         body, decode = _embedding_request(body)
         result = await self._mux._core.execute(
@@ -183,14 +216,14 @@ class ModelPage:
 
     object = "list"
 
-    def __init__(self, data: list[Any]) -> None:
+    def __init__(self, data: list[Model]) -> None:
         self.data = data
 
-    def __iter__(self) -> Any:
+    def __iter__(self) -> Iterator[Model]:
         return iter(self.data)
 
-    def __aiter__(self) -> Any:
-        async def gen() -> Any:
+    def __aiter__(self) -> AsyncIterator[Model]:
+        async def gen() -> AsyncIterator[Model]:
             for m in self.data:
                 yield m
 
@@ -198,6 +231,10 @@ class ModelPage:
 
     def __len__(self) -> int:
         return len(self.data)
+
+    def __repr__(self) -> str:
+        ids = [getattr(m, "id", m) for m in self.data]
+        return f"ModelPage({len(ids)} models: {', '.join(map(str, ids))})"
 
     def model_dump(self) -> dict[str, Any]:
         return {"object": "list", "data": [m.model_dump() for m in self.data]}
@@ -768,6 +805,11 @@ class AsyncMultiplexer(_MuxBase):
         instead keeps polling a node that is down and adds it when it comes up."""
         return await self._add_vllm_node(url, health_url, name, api_key, interval, endpoint_options)
 
+    async def start(self) -> None:
+        """Run the deferred start-up now (endpoint sources, vLLM nodes and Gonka refresh named
+        in a config file) instead of at the first request. Idempotent."""
+        await self._core.run_startup()
+
     async def aclose(self) -> None:
         """Close clients, stop background work, close every store the features opened."""
         await self._core.aclose()
@@ -784,7 +826,9 @@ class AsyncMultiplexer(_MuxBase):
 class _SyncCreate(_Resource):
     _kind: RequestKind
 
-    def create(self, **params: Any) -> Any:
+    def _create(self, stream_flag: bool | None, params: dict[str, Any]) -> Any:
+        if stream_flag is not None:
+            params["stream"] = stream_flag
         body, request_options, options = _split(params)
         core = self._mux._core
         stream = bool(body.get("stream"))
@@ -801,13 +845,31 @@ class _SyncChatCompletions(_SyncCreate):
     __doc__ = _AsyncChatCompletions.__doc__
     _kind = CHAT
 
+    @overload
+    def create(self, *, stream: Literal[False] | None = None, **params: Any) -> ChatCompletion: ...
+    @overload
+    def create(self, *, stream: Literal[True], **params: Any) -> ChunkStream: ...
+    @overload
+    def create(self, *, stream: bool, **params: Any) -> ChatCompletion | ChunkStream: ...
+    def create(self, *, stream: bool | None = None, **params: Any) -> ChatCompletion | ChunkStream:
+        return self._create(stream, params)  # type: ignore[no-any-return]
+
 
 class _SyncLegacyCompletions(_SyncCreate):
     _kind = COMPLETIONS
 
+    @overload
+    def create(self, *, stream: Literal[False] | None = None, **params: Any) -> Completion: ...
+    @overload
+    def create(self, *, stream: Literal[True], **params: Any) -> ChunkStream: ...
+    @overload
+    def create(self, *, stream: bool, **params: Any) -> Completion | ChunkStream: ...
+    def create(self, *, stream: bool | None = None, **params: Any) -> Completion | ChunkStream:
+        return self._create(stream, params)  # type: ignore[no-any-return]
+
 
 class _SyncEmbeddings(_Resource):
-    def create(self, **params: Any) -> Any:
+    def create(self, **params: Any) -> CreateEmbeddingResponse:
         body, request_options, options = _split(params)
         body, decode = _embedding_request(body)
         coro = self._mux._core.execute(EMBEDDINGS, body, request_options, options, stream=False)
@@ -853,6 +915,10 @@ class Multiplexer(_MuxBase):
         from .config import build_from_config
 
         return build_from_config(cls, source)
+
+    def start(self) -> None:
+        """Run the deferred start-up now instead of at the first request. Idempotent."""
+        self._portal.call(self._core.run_startup())
 
     def run(self, coro: Any) -> Any:
         """Run a coroutine on this Multiplexer's loop and wait for it (for extensions with
