@@ -4,9 +4,10 @@ All three serve the same model id, so one ``model=`` reaches all of them: the ro
 load and fails over between them. ``normalize_weights=True`` scales the participants' PoC
 weights to a mean of 1, comparable with the weight-1 broker and provider.
 
-Since July 2026 mainnet answers classic signed requests with 410: the example retires the
-classic API on the fake network halfway, and the traffic moves to the broker and the provider
-without a failed request.
+Since July 2026 (v0.2.14) every mainnet host answers classic signed requests with 410
+``deprecated``: the example retires the classic API on the fake network halfway. The first such
+answer retires the whole signed group (one warning saying to configure a broker or a devshard
+gateway), and the traffic moves to the broker and the provider without a failed request.
 
 Run: python examples/gonka_mixed_providers.py
 """
@@ -50,12 +51,14 @@ async def main() -> None:
             print("pool:", mux.stats()["models"][MODEL]["primary"])
             print("served:", dict(await burst(mux, 40)))
 
-            net.retire_classic_api()  # every TA now answers 410 Gone
+            net.retire_classic_api()  # every host now answers 410 deprecated (v0.2.14)
             served = await burst(mux, 40)
             print("after the classic API retirement:", dict(served))
             assert set(served) <= {"ok from broker", "ok from provider"}
             signed = [e.name for e in mux.endpoints if e.kind == "gonka"]
             print("signed endpoints left:", signed)
+            retired = [r for r in net.inference_requests if r.status == 410]
+            print("signed requests that met the retirement:", len(retired))
 
 
 if __name__ == "__main__":

@@ -75,6 +75,10 @@ def test_discover_table(net, capsys) -> None:
     assert rows[1].split()[:2] == [net.participants[1].address, "200"]
     assert "model Qwen/Fake-7B: 2 participants, total weight 500" in out
     assert f"excluded {net.participants[0].address}: downtime" in out
+    assert "TA allowlist: unknown" in out and "classic signed API: served" in out
+    net.retire_classic_api()
+    assert run(["discover", "--source-url", net.source_url]) == 0
+    assert "classic signed API: RETIRED" in capsys.readouterr().out
 
 
 def test_discover_json_with_failover_and_env(net, capsys, monkeypatch) -> None:
@@ -87,6 +91,7 @@ def test_discover_json_with_failover_and_env(net, capsys, monkeypatch) -> None:
     assert [p["address"] for p in document["participants"]] == [p.address for p in net.participants]
     assert document["models"] == {"Qwen/Fake-7B": [p.address for p in net.participants]}
     assert document["switch_height"] == net.next_switch_height()
+    assert document["allowlist_known"] is False and document["classic_api_retired"] is False
 
 
 def test_discover_errors(capsys, monkeypatch) -> None:

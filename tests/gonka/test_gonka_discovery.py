@@ -265,8 +265,10 @@ def test_discover_over_http(net) -> None:
     assert result.phase == "Inference"
     assert result.epoch_info is not None and result.epoch_info.safe_for_inference
     assert result.source_url == net.source_url
-    assert result.allowlist_known and result.allowlist == frozenset()
+    # a v0.2.14 host keeps /chain-api/ closed: the allowlist is unknown, everyone is kept
+    assert not result.allowlist_known and result.allowlist == frozenset()
     assert all(p.epoch_id == 10 for p in result.participants)
+    assert result.classic_api is not None and not result.classic_api_retired
 
 
 async def test_adiscover_matches_discover(net) -> None:
@@ -299,7 +301,9 @@ def test_every_source_failing_lists_each_attempt(net) -> None:
 def test_allowlist_from_chain_params_filters_participants(net) -> None:
     allowed = [p.address for p in net.participants[:2]]
     net.set_allowlist(allowed)
+    net.set_chain_routes(True)  # an operator who exposes the chain REST API
     result = discover(net.source_url)
+    assert result.allowlist_known
     assert [p.address for p in result.participants] == allowed
     assert result.allowlist == frozenset(allowed)
     assert result.not_allowlisted == (net.participants[2].address,)
@@ -409,6 +413,10 @@ async def test_epoch_info_and_chain_status_helpers(net) -> None:
     info = await afetch_epoch_info([closed_port_url(), net.source_url], timeout=5)
     assert info.block_height == net.block_height
     assert info.switch_height == net.next_switch_height()
+    with pytest.raises(GonkaDiscoveryError) as closed:
+        fetch_chain_status(net.source_url)  # closed on v0.2.14 hosts
+    assert closed.value.status_code == 404 and "Chain RPC Disabled" in str(closed.value)
+    net.set_chain_routes(True)
     status = fetch_chain_status(net.source_url)
     assert status.latest_block_height == net.block_height
     assert abs(status.latest_block_time_ns - net.chain_time_ns()) < 5 * 10**9

@@ -202,13 +202,106 @@ def test_executor_path_headers_are_refused(net, signer) -> None:
 
 
 def test_balance_boundary_and_default_max_tokens(net, signer) -> None:
-    net.set_balance(signer.address, 105)
+    # prompt = UTF-8 bytes of the contents + one "\n" per message: "hello" -> 6
+    net.set_balance(signer.address, 106)
     assert send(net.participants[0], signer, chat_body(max_tokens=100)).status_code == 200
+    net.set_balance(signer.address, 105)
+    assert send(net.participants[0], signer, chat_body(max_tokens=100)).status_code == 402
     body = {"model": MODEL, "messages": [{"role": "user", "content": "hello"}]}
-    net.set_balance(signer.address, 5004)  # without max_tokens the node reserves 5000
+    net.set_balance(signer.address, 5005)  # without max_tokens the node reserves 5000
     assert send(net.participants[0], signer, body).status_code == 402
-    net.set_balance(signer.address, 5005)
+    net.set_balance(signer.address, 5006)
     assert send(net.participants[0], signer, body).status_code == 200
+    # max_completion_tokens alone is not escrowed: the node still reserves 5000
+    net.set_balance(signer.address, 5005)
+    only_completion = {**body, "max_completion_tokens": 10}
+    assert send(net.participants[0], signer, only_completion).status_code == 402
+
+
+def test_prompt_size_counts_utf8_bytes_and_message_separators(net, signer) -> None:
+    text = "héllo ✓"  # 7 characters, 10 bytes
+    assert len(text.encode()) == 10
+    body = chat_body(max_tokens=10, messages=[{"role": "user", "content": text}] * 2)
+    net.set_balance(signer.address, 10 + 2 * (10 + 1) - 1)
+    assert send(net.participants[0], signer, body).status_code == 402
+    net.set_balance(signer.address, 10 + 2 * (10 + 1))
+    assert send(net.participants[0], signer, body).status_code == 200
+
+
+def test_legacy_profile_keeps_the_old_fake_behaviour(signer) -> None:
+    with FakeGonkaNetwork(n_participants=1, host_profile="legacy") as legacy:
+        legacy.add_account(signer)
+        participant = legacy.participants[0]
+        # characters, no separators; max_completion_tokens escrowed
+        body = {"model": MODEL, "messages": [{"role": "user", "content": "héllo"}]}
+        legacy.set_balance(signer.address, 5 + 10)
+        assert send(participant, signer, {**body, "max_completion_tokens": 10}).status_code == 200
+        status = httpx.get(f"{legacy.source_url}/api/chain-rpc/status")
+        assert status.status_code == 200  # chain routes open, /api stripped everywhere
+        legacy.retire_classic_api()
+        retired = send(participant, signer, chat_body())
+        assert retired.status_code == 410 and "deprecation" not in retired.headers
+        assert "retired" in retired.json()["error"]
+    with pytest.raises(ValueError):
+        FakeGonkaNetwork(host_profile="v9")
+
+
+def test_v0_2_14_hosts_answer_retired_classic_paths_like_the_node(net, signer) -> None:
+    net.retire_classic_api()
+    for url in (net.participants[0].url, net.source_url):
+        for method in ("POST", "GET"):
+            response = httpx.request(method, f"{url}/v1/chat/completions", json=chat_body())
+            assert response.status_code == 410
+            assert response.json() == {
+                "error": "deprecated",
+                "message": "classic inference is deprecated; use devshard",
+            }
+            assert response.headers["deprecation"] == "true"
+            assert response.headers["link"] == '</devshard/{version}>; rel="successor-version"'
+    devshard = httpx.post(f"{net.participants[0].url}/v1/devshard/anything")
+    assert devshard.status_code == 410
+    assert devshard.json()["message"] == "/v1/devshard is deprecated; use /devshard/{version}"
+
+
+def test_chain_routes_are_closed_by_default_and_can_be_opened(net) -> None:
+    for path, text in (
+        ("/chain-rpc/status", "Chain RPC Disabled"),
+        ("/chain-api/productscience/inference/inference/params", "Chain API Disabled"),
+    ):
+        response = httpx.get(f"{net.source_url}{path}")
+        assert (response.status_code, response.text) == (404, text)
+    # nginx maps /api/v1/ only: /api/chain-rpc/ is no chain route
+    assert httpx.get(f"{net.source_url}/api/chain-rpc/status").status_code == 404
+    net.set_chain_routes(True)
+    assert httpx.get(f"{net.source_url}/chain-rpc/status").status_code == 200
+    assert httpx.get(f"{net.source_url}/api/v1/status").json() == {"status": "ok"}
+
+
+def test_every_answer_carries_the_hosts_clock(net) -> None:
+    import email.utils
+
+    net.set_chain_time_offset(90)
+    response = httpx.get(f"{net.participants[0].url}/v1/status")
+    host = email.utils.parsedate_to_datetime(response.headers["date"]).timestamp()
+    assert 85 < host - time.time() < 95
+    net.freeze_chain_time()  # a stalled chain: the hosts' clocks go on
+    assert "date" in httpx.get(f"{net.source_url}/v1/status").headers
+
+
+def test_departed_participants_and_the_developer_gate(net, signer) -> None:
+    leaving = net.participants[0]
+    net.set_participants(net.participants[1:])
+    assert send(leaving, signer).status_code == 200  # by default a departed host still serves
+    net.set_departed_refusal("node {address} is not an active participant")
+    refused = send(leaving, signer)
+    assert refused.status_code == 403
+    assert refused.json()["error"] == f"node {leaving.address} is not an active participant"
+    net.set_developer_gate(net.block_height + 10)
+    gated = send(net.participants[0], signer)
+    assert (gated.status_code, gated.json()["error"]) == (
+        403,
+        f"inference requests are restricted until block height {net.block_height + 10}",
+    )
 
 
 def test_replay_memory_is_per_ta_and_pruned(net, signer) -> None:
@@ -317,6 +410,7 @@ def test_node_documents(net, signer) -> None:
     assert httpx.get(f"{participant.url}/api/v1/status").json() == {"status": "ok"}
     account = httpx.get(f"{participant.url}/v2/accounts/{signer.address}").json()
     assert base64.b64decode(account["pubkey"]) == signer.public_key
+    net.set_chain_routes(True)
     params = httpx.get(f"{net.source_url}/chain-api/productscience/inference/inference/params")
     assert params.json()["params"]["validation_params"]["timestamp_expiration"] == "60"
     assert httpx.get(f"{net.source_url}/v1/nothing").status_code == 404
@@ -324,7 +418,7 @@ def test_node_documents(net, signer) -> None:
 
 
 def test_legacy_models_shape_and_allowlist_all() -> None:
-    with FakeGonkaNetwork(2, models_shape="legacy", allowlist="all") as net:
+    with FakeGonkaNetwork(2, models_shape="legacy", allowlist="all", chain_routes=True) as net:
         document = httpx.get(f"{net.source_url}/v1/models").json()
         assert parse_models(document) == ("Qwen/Fake-7B",)
         assert "models" in document
@@ -344,6 +438,7 @@ def test_broker_requires_its_bearer_key(net) -> None:
 
 
 def test_chain_time_controls(net) -> None:
+    net.set_chain_routes(True)
     net.freeze_chain_time(at_ns=10**18)
     status = httpx.get(f"{net.source_url}/chain-rpc/status").json()
     assert status["result"]["sync_info"]["latest_block_time"] == "2001-09-09T01:46:40.000000000Z"

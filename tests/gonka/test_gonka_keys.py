@@ -132,6 +132,41 @@ def test_address_validation(vector: dict[str, Any]) -> None:
     assert "bech32" in str(info.value)
 
 
+@pytest.mark.parametrize(
+    "where",
+    ["validate_address", "GONKA_ADDRESS", "address=", "GONKA_ENDPOINTS", "source_url", "pair"],
+)
+def test_a_key_given_as_an_address_is_never_echoed(where: str) -> None:
+    from gonka_mux.gonka.config import parse_endpoints
+    from gonka_mux.gonka.discovery import normalize_sources
+
+    secret = REQUESTER_KEY
+    attempts = {
+        "validate_address": lambda: validate_address(secret),
+        "GONKA_ADDRESS": lambda: GonkaConfig.from_env({"GONKA_ADDRESS": secret}),
+        "address=": lambda: GonkaConfig(address=f"0x{secret}"),
+        "GONKA_ENDPOINTS": lambda: GonkaConfig.from_env({"GONKA_ENDPOINTS": secret}),
+        "source_url": lambda: normalize_sources(secret),
+        "pair": lambda: parse_endpoints([("https://h:8000", secret)]),
+    }
+    with pytest.raises(GonkaConfigError) as info:
+        attempts[where]()
+    text = f"{info.value} {info.value!r} {info.value.message}"
+    assert secret not in text and secret[:16] not in text
+    if where != "GONKA_ENDPOINTS":  # there the value has no ';': described, not judged
+        assert "PRIVATE KEY" in text
+    assert "expected" in text or "must" in text or "not an http" in text
+
+
+def test_a_bad_address_is_described_by_its_shape() -> None:
+    with pytest.raises(GonkaConfigError) as info:
+        validate_address("gonka1notreallyanaddress")
+    message = str(info.value)
+    assert "notreally" not in message
+    assert "24 characters" in message and "starting with 'gonka1'" in message
+    assert "44 characters" in message  # what was expected
+
+
 def test_address_rejects_uncompressed_public_key() -> None:
     with pytest.raises(GonkaConfigError):
         address_from_public_key(b"\x04" + b"\x01" * 64)

@@ -7,7 +7,9 @@ reject reused signatures and judge timestamps against their chain time, as the r
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import io
+import time
 
 import openai
 import pytest
@@ -26,6 +28,7 @@ from gonka_mux.gonka.signing import (
     GonkaAuth,
     NanoClock,
     gonka_auth_flow,
+    http_date_ns,
     http_library_of,
     is_clock_skew_error,
     make_signed_client,
@@ -101,7 +104,7 @@ async def test_sdk_retries_go_through_the_auth_flow_and_are_resigned(net, signer
     ("chain_offset", "rejection"),
     [(-120, "signature is in the future"), (+150, "signature is too old")],
 )
-async def test_clock_skew_is_resynced_to_the_tas_chain_time(
+async def test_clock_skew_is_resynced_to_the_hosts_date(
     net, signer, chain_offset, rejection
 ) -> None:
     clock = NanoClock()
@@ -119,21 +122,56 @@ async def test_clock_skew_is_resynced_to_the_tas_chain_time(
     assert (first.status, first.error) == (400, rejection)
     assert second.status == 200 and second.node == first.node  # resent to the same TA
     assert [r.status for r in records[2:]] == [200, 200, 200]
-    status_reads = [r for r in net.requests if r.path == "/chain-rpc/status"]
-    assert [r.node for r in status_reads] == [first.node]  # the TA's own chain time, once
+    # chain routes are closed on v0.2.14 hosts: the 400's own Date header was enough
+    assert [r for r in net.requests if r.path == "/chain-rpc/status"] == []
     assert_verified(records, signer)
 
 
-async def test_a_resync_that_cannot_help_is_not_repeated(net, signer) -> None:
+async def test_hosts_90_s_ahead_with_chain_routes_closed_20_of_20(net, signer) -> None:
+    net.set_chain_time_offset(90)
+    assert not net.chain_routes
+    clock = NanoClock()
+    async with AsyncMultiplexer() as mux:
+        await register(mux, net, signer, clock=clock, refresh_enabled=False)
+        replies = await asyncio.gather(*(chat(mux) for _ in range(20)))
+    assert len(replies) == 20
+    assert all(r.choices[0].message.content.startswith("ok from p") for r in replies)
+    assert 88 < clock.offset_seconds < 92
+    statuses = [r.status for r in net.inference_requests]
+    assert statuses.count(200) == 20 and set(statuses) <= {200, 400}
+
+
+async def test_a_stalled_chain_is_read_from_chain_rpc_where_it_answers(net, signer) -> None:
+    # The chain stalled 45 s ago: the hosts' clocks (Date) agree with ours, so only the
+    # chain's own block time can help; an operator exposes /chain-rpc/ on one host.
+    clock = NanoClock()
+    sync = ChainClockSync(clock)
+    participant = net.participants[0]
+    client = make_signed_client(participant, None, signer, clock=clock, resync_clock=sync)
+    net.freeze_chain_time(time.time_ns() - 45 * 10**9)
+    async with client:
+        with pytest.raises(openai.BadRequestError):
+            await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8)
+        assert sync.syncs == 0  # the Date agreed, /chain-rpc/ answered 404: no pointless resend
+        assert [r.status for r in net.inference_requests] == [400]
+        net.set_chain_routes(True)
+        sync._closed.clear()  # the operator opened it; a new ChainClockSync would ask anyway
+        await client.chat.completions.create(model=MODEL, messages=MESSAGES, max_tokens=8)
+    assert sync.last_source == "chain-rpc" and -47 < clock.offset_seconds < -43
+
+
+async def test_a_resync_that_cannot_help_is_not_repeated(net, signer, caplog) -> None:
     # A node that rejects every timestamp, whatever the clock: resyncing cannot help.
     net.timestamp_expiration = -1
     async with AsyncMultiplexer(max_attempts=2) as mux:
         await register(mux, net, signer, refresh_enabled=False)
         with pytest.raises(openai.APIStatusError) as info:
             await chat(mux)
-    # two attempts (two TAs), each rejected, resynced once and resent once: four requests
-    assert [r.status for r in net.inference_requests] == [400, 400, 400, 400]
+    # two attempts (two TAs), each rejected; the TAs' clocks agree with ours and chain routes
+    # are closed, so nothing is resent
+    assert [r.status for r in net.inference_requests] == [400, 400]
     assert "timestamp rejected: signature is too old" in info.value.message
+    assert "lagging or stalled" in caplog.text
 
 
 def test_sync_client_flow_resyncs_too(net, signer) -> None:
@@ -164,9 +202,9 @@ async def test_a_shared_clock_sync_reads_chain_time_once_for_a_burst(net, signer
                 for _ in range(5)
             )
         )
-    assert sync.syncs >= 1
-    assert len([r for r in net.requests if r.path == "/chain-rpc/status"]) == sync.syncs
-    assert sync.syncs < 5
+    assert 1 <= sync.syncs < 5
+    assert sync.last_source == "date"
+    assert [r for r in net.requests if r.path == "/chain-rpc/status"] == []
 
 
 def test_skew_detection_and_flow_factory() -> None:
@@ -196,8 +234,23 @@ async def test_resync_reports_failure_when_no_chain_time_can_be_read(net) -> Non
     assert not await sync.aresync("http://127.0.0.1:9/v1/chat/completions")
     assert not await asyncio.to_thread(sync.resync, "http://127.0.0.1:9/v1/chat/completions")
     assert clock.offset_seconds == 0 and sync.syncs == 0
-    # a fallback source answers when the TA's own node does not
+    # a fallback source answers when the TA's own node does not (where chain-rpc is open)
     net.set_chain_time_offset(-40)
+    closed = ChainClockSync(clock, sources=[net.source_url])
+    assert not await closed.aresync("http://127.0.0.1:9/v1/chat/completions")
+    assert net.source_url in closed._closed  # a 404 is remembered: not asked again
+    net.set_chain_routes(True)
     fallback = ChainClockSync(clock, sources=[net.source_url])
     assert await fallback.aresync("http://127.0.0.1:9/v1/chat/completions")
     assert -42 < clock.offset_seconds < -38
+
+
+def test_date_headers_parse() -> None:
+    assert http_date_ns("Thu, 23 Jul 2026 12:00:00 GMT") == 1784808000 * 10**9
+    assert http_date_ns("not a date") is None and http_date_ns(None) is None
+    clock = NanoClock()
+    sync = ChainClockSync(clock)
+    now = time.time_ns()
+    assert not sync._apply_date(email.utils.formatdate(now / 1e9, usegmt=True), now)  # agrees
+    ahead = email.utils.formatdate(now / 1e9 + 90, usegmt=True)
+    assert sync._apply_date(ahead, now) and 89 < clock.offset_seconds < 91

@@ -166,6 +166,7 @@ async def test_internal_headers_from_the_caller_are_never_sent(net, signer) -> N
 async def test_clock_skew_is_fixed_by_syncing_to_chain_time(net, signer) -> None:
     from gonka_mux.gonka.discovery import afetch_chain_status
 
+    net.set_chain_routes(True)  # an operator who exposes /chain-rpc/
     participant = net.participants[0]
     clock = NanoClock()
     client = make_signed_client(participant, None, signer, clock=clock)

@@ -24,6 +24,7 @@ from gonka_mux.gonka.policy import (
     GonkaClockSkew,
     GonkaErrorPolicy,
     GonkaModelNotServed,
+    GonkaParticipantRefused,
     InsufficientBalance,
     TransferAgentNotAllowed,
 )
@@ -66,6 +67,7 @@ CASES = [
         False,
         GonkaAccessRestricted,
     ),
+    (403, "node is leaving the network", "gone", True, True, GonkaParticipantRefused),
     (404, "model not found", "client_error", False, False, GonkaModelNotServed),
     (410, "classic inference API is retired", "gone", True, True, ClassicApiRetired),
     (400, "signature is in the future", "client_error", True, False, GonkaClockSkew),
@@ -240,19 +242,37 @@ async def test_model_missing_from_the_epoch_is_a_404_without_retries(net, signer
     assert info.value.model == MODEL and isinstance(info.value, openai.NotFoundError)
 
 
-async def test_classic_api_retired_everywhere(net, signer) -> None:
+async def test_classic_api_retired_everywhere(net, signer, caplog) -> None:
     async with AsyncMultiplexer() as mux:
         await register(mux, net, signer, refresh_enabled=False)
         net.retire_classic_api()
         with pytest.raises(ClassicApiRetired) as info:
             await chat(mux)
-        # every TA was tried once and dropped
-        assert [r.status for r in net.inference_requests] == [410, 410, 410]
+        # the first marked 410 retired the whole group: no other TA was asked
+        assert [r.status for r in net.inference_requests] == [410]
         assert endpoint_names(mux) == set()
+        assert info.value.network_wide
         message = info.value.message
         assert "broker" in message and "devshard" in message and "410" in message
         with pytest.raises(ModelNotFound):
             await chat(mux)
+    warnings = [r for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+    assert "add_gonka_broker" in warnings[0].getMessage()
+
+
+async def test_a_plain_410_drops_only_that_ta(signer) -> None:
+    # the legacy profile answers 410 without the v0.2.14 marker: per-endpoint handling
+    with FakeGonkaNetwork(n_participants=3, models=[MODEL], host_profile="legacy") as legacy:
+        legacy.add_account(signer)
+        async with AsyncMultiplexer() as mux:
+            await register(mux, legacy, signer, refresh_enabled=False)
+            legacy.retire_classic_api()
+            with pytest.raises(ClassicApiRetired) as info:
+                await chat(mux)
+            assert [r.status for r in legacy.inference_requests] == [410, 410, 410]
+            assert not info.value.network_wide
+            assert endpoint_names(mux) == set()
 
 
 async def test_classic_api_retired_falls_through_to_a_broker(net, signer) -> None:
@@ -264,7 +284,7 @@ async def test_classic_api_retired_falls_through_to_a_broker(net, signer) -> Non
         for _ in range(5):
             assert (await chat(mux)).choices[0].message.content == "ok from broker"
         assert endpoint_names(mux) == set()
-    assert len([r for r in net.inference_requests if r.status == 410]) <= 3
+    assert len([r for r in net.inference_requests if r.status == 410]) == 1
 
 
 async def test_identical_5xx_bodies_twice_stop_the_retries(net, signer) -> None:

@@ -24,6 +24,7 @@ from gonka_mux import AsyncMultiplexer, ModelNotFound, Multiplexer
 from gonka_mux.gonka.policy import GonkaModelNotServed
 from gonka_mux.gonka.refresh import GonkaRefreshManager
 from gonka_mux.gonka.registration import aadd_gonka_broker, register_gonka_models
+from gonka_mux.testing.fake_gonka import FakeGonkaNetwork
 
 EPOCH_POLLS = "/v1/epochs/latest"
 
@@ -34,10 +35,18 @@ def polls(net, node: str = "seed") -> list:
 
 async def test_switch_with_requests_in_flight_fails_none(net, signer) -> None:
     p0, p1, p2 = net.participants
+    release = threading.Event()  # the old set's answers wait for the swap (no timing race)
+
+    async def held(request):
+        # runs on the fake network's own loop thread: a threading.Event, polled
+        while not release.is_set():  # noqa: ASYNC110
+            await asyncio.sleep(0.005)
+        return None  # the default reply
+
     for participant in net.participants:
-        participant.set_faults(latency=0.5)
+        participant.backend.set_replies(held)
     newcomer = net.add_participant(weight=500)
-    async with AsyncMultiplexer() as mux:
+    async with AsyncMultiplexer(hedging=None) as mux:
         result = await register(mux, net, signer, refresh_options={"prefetch": False})
         manager = result.refresh_manager
         old = {address_of(ep.name): ep for ep in result.endpoints}
@@ -46,21 +55,19 @@ async def test_switch_with_requests_in_flight_fails_none(net, signer) -> None:
         net.set_next_participants([p1, p2, newcomer])
         net.advance_to_next_epoch()
         await wait_until(lambda: manager.current_epoch == 11)
-        assert sum(ep.inflight for ep in old.values()) > 0  # the swap did not wait for them
+        assert sum(ep.inflight for ep in old.values()) == 12  # the swap did not wait for them
         assert {address_of(n) for n in endpoint_names(mux)} == {
             p1.address,
             p2.address,
             newcomer.address,
         }
+        release.set()
         replies = await asyncio.gather(*in_flight)  # every in-flight request completes
         assert len(replies) == 12
         # stayers keep their endpoint (history); the leaver's endpoint is out of rotation
         assert mux._core.endpoints[old[p1.address].name] is old[p1.address]
         assert old[p0.address].removed
         sent_to_p0 = old[p0.address].requests
-        newcomer.set_faults(latency=0.0)
-        for participant in (p1, p2):
-            participant.set_faults(latency=0.0)
         served = Counter()
         for _ in range(12):
             served[(await chat(mux)).choices[0].message.content] += 1
@@ -221,7 +228,14 @@ async def test_404_on_several_tas_refreshes_early(net, signer) -> None:
         assert reply.choices[0].message.content == f"ok from p{newcomer.index}"
 
 
-async def test_410_on_several_tas_refreshes_and_keeps_retired_tas_out(net, signer) -> None:
+async def test_410_on_several_tas_refreshes_and_keeps_retired_tas_out(signer) -> None:
+    # plain 410s (no v0.2.14 marker: the legacy profile) are handled TA by TA
+    with FakeGonkaNetwork(n_participants=3, models=[MODEL], host_profile="legacy") as net:
+        net.add_account(signer)
+        await _plain_410s_refresh(net, signer)
+
+
+async def _plain_410s_refresh(net, signer) -> None:
     broker = net.start_broker("sk-b")
     async with AsyncMultiplexer() as mux:
         result = await register(mux, net, signer, refresh_options={"interval": 60})

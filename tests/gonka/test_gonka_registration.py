@@ -269,7 +269,7 @@ async def test_broker_models_are_read_with_the_bearer_key(net, signer) -> None:
         assert endpoint.weight == 2
         reply = await chat(mux, "broker/only")
         assert reply.choices[0].message.content == "ok from broker"
-    listed, sent = broker.requests[0], broker.requests[-1]
+    listed, sent = broker.requests[0], broker.inference_requests[-1]
     assert listed.path == "/v1/models"
     assert listed.headers["authorization"] == f"Bearer {BROKER_KEY}"
     assert sent.headers["authorization"] == f"Bearer {BROKER_KEY}"

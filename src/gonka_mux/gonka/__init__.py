@@ -24,16 +24,29 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .config import GonkaConfig, GonkaEndpoint, parse_endpoints
+    from .broker import (
+        BrokerClient,
+        BrokerErrorPolicy,
+        BrokerRequestRecord,
+        BrokerRequestRefused,
+        BrokerStatus,
+        GonkaBroker,
+        broker_of,
+        parse_broker_models,
+        parse_broker_status,
+    )
+    from .config import DEFAULT_BROKER_FIELDS, GonkaConfig, GonkaEndpoint, parse_endpoints
     from .demo import run_gonka_demo
     from .discovery import (
         AccountInfo,
+        ClassicApiProbe,
         DiscoveryResult,
         GonkaParticipant,
         NodeIdentity,
         adiscover,
         afetch_chain_status,
         afetch_epoch_info,
+        aprobe_classic_api,
         discover,
         fetch_chain_status,
         fetch_epoch_info,
@@ -43,6 +56,7 @@ if TYPE_CHECKING:
         parse_models,
         parse_participants,
         parse_pricing,
+        probe_classic_api,
     )
     from .epochs import (
         ChainStatus,
@@ -71,8 +85,11 @@ if TYPE_CHECKING:
         GonkaClockSkew,
         GonkaErrorPolicy,
         GonkaModelNotServed,
+        GonkaParticipantRefused,
         InsufficientBalance,
+        RefusalTracker,
         TransferAgentNotAllowed,
+        is_network_retirement,
     )
     from .proofs import verify_participants_proof
     from .refresh import GonkaRefreshManager, RefreshResult
@@ -93,6 +110,7 @@ if TYPE_CHECKING:
         available_backends,
         default_clock,
         gonka_auth_flow,
+        http_date_ns,
         is_clock_skew_error,
         make_signed_client,
         signing_message,
@@ -100,6 +118,23 @@ if TYPE_CHECKING:
     )
 
 _EXPORTS: dict[str, str] = {
+    "BrokerClient": "broker",
+    "BrokerErrorPolicy": "broker",
+    "BrokerRequestRecord": "broker",
+    "BrokerRequestRefused": "broker",
+    "BrokerStatus": "broker",
+    "GonkaBroker": "broker",
+    "broker_of": "broker",
+    "parse_broker_models": "broker",
+    "parse_broker_status": "broker",
+    "DEFAULT_BROKER_FIELDS": "config",
+    "ClassicApiProbe": "discovery",
+    "aprobe_classic_api": "discovery",
+    "probe_classic_api": "discovery",
+    "GonkaParticipantRefused": "policy",
+    "RefusalTracker": "policy",
+    "is_network_retirement": "policy",
+    "http_date_ns": "signing",
     "GonkaConfig": "config",
     "GonkaEndpoint": "config",
     "parse_endpoints": "config",
@@ -171,10 +206,17 @@ _EXPORTS: dict[str, str] = {
 }
 
 __all__ = [
+    "DEFAULT_BROKER_FIELDS",
     "INTERNAL_HEADERS",
     "AccountInfo",
+    "BrokerClient",
+    "BrokerErrorPolicy",
+    "BrokerRequestRecord",
+    "BrokerRequestRefused",
+    "BrokerStatus",
     "ChainClockSync",
     "ChainStatus",
+    "ClassicApiProbe",
     "ClassicApiRetired",
     "ConfirmationPocPhase",
     "DiscoveryResult",
@@ -184,6 +226,7 @@ __all__ = [
     "GonkaAccountError",
     "GonkaAuth",
     "GonkaAuthenticationError",
+    "GonkaBroker",
     "GonkaClockSkew",
     "GonkaConfig",
     "GonkaConfigError",
@@ -195,6 +238,7 @@ __all__ = [
     "GonkaModelNotServed",
     "GonkaNoParticipantsError",
     "GonkaParticipant",
+    "GonkaParticipantRefused",
     "GonkaPayloadError",
     "GonkaProofVerificationError",
     "GonkaRefreshManager",
@@ -205,6 +249,7 @@ __all__ = [
     "NodeIdentity",
     "PrivateKey",
     "RefreshResult",
+    "RefusalTracker",
     "RequestSigner",
     "TransferAgentNotAllowed",
     "aadd_gonka_broker",
@@ -213,19 +258,25 @@ __all__ = [
     "adiscover",
     "afetch_chain_status",
     "afetch_epoch_info",
+    "aprobe_classic_api",
     "aregister_gonka_models",
     "available_backends",
+    "broker_of",
     "default_clock",
     "discover",
     "fetch_chain_status",
     "fetch_epoch_info",
     "gonka_auth_flow",
+    "http_date_ns",
     "is_clock_skew_error",
+    "is_network_retirement",
     "is_valid_address",
     "load_private_key",
     "make_signed_client",
     "parse_account",
     "parse_allowlist",
+    "parse_broker_models",
+    "parse_broker_status",
     "parse_chain_status",
     "parse_endpoints",
     "parse_epoch_info",
@@ -233,6 +284,7 @@ __all__ = [
     "parse_models",
     "parse_participants",
     "parse_pricing",
+    "probe_classic_api",
     "register_gonka_models",
     "run_gonka_demo",
     "signing_message",

@@ -119,6 +119,8 @@ def cmd_discover(args: argparse.Namespace, out: TextIO | None = None) -> int:
             "safe_for_inference": info.safe_for_inference if info else None,
             "proof_verified": result.proof_verified,
             "allowlist": sorted(result.allowlist),
+            "allowlist_known": result.allowlist_known,
+            "classic_api_retired": result.classic_api_retired,
             "excluded": dict(result.excluded),
             "not_allowlisted": list(result.not_allowlisted),
             "models": {m: [p.address for p in ps] for m, ps in sorted(result.by_model.items())},
@@ -150,8 +152,22 @@ def _print_table(result: Any, out: TextIO) -> None:
         )
     print(header, file=out)
     print(f"source: {result.source_url}", file=out)
-    allow = f"{len(result.allowlist)} addresses" if result.allowlist else "off (every node)"
+    if result.allowlist:
+        allow = f"{len(result.allowlist)} addresses"
+    elif result.allowlist_known:
+        allow = "off (every node)"
+    else:
+        allow = "unknown (no source exposes /chain-api/; refusing TAs are dropped at their 403)"
     print(f"TA allowlist: {allow}", file=out)
+    probe = result.classic_api
+    if probe is not None:
+        state = (
+            "RETIRED on this network (410 deprecated, v0.2.14): use a broker or a devshard "
+            "gateway (add_gonka_broker)"
+            if probe.retired
+            else f"served (GET {probe.url} -> {probe.status})"
+        )
+        print(f"classic signed API: {state}", file=out)
     rows = [("ADDRESS", "WEIGHT", "MODELS", "URL")]
     for p in sorted(result.participants, key=lambda p: -p.weight):
         rows.append((p.address, str(p.weight), ",".join(p.models) or "-", p.inference_url))

@@ -30,14 +30,49 @@ from typing import Any
 
 from .discovery import GonkaParticipant, normalize_sources
 from .errors import GonkaConfigError
-from .keys import PrivateKey, load_private_key, requester_address, validate_address
+from .keys import (
+    PrivateKey,
+    describe_shape,
+    load_private_key,
+    requester_address,
+    validate_address,
+)
 
-__all__ = ["GonkaConfig", "GonkaEndpoint", "parse_endpoints"]
+__all__ = ["DEFAULT_BROKER_FIELDS", "GonkaConfig", "GonkaEndpoint", "parse_endpoints"]
 
 DEFAULT_REFRESH_INTERVAL = 30.0
 # The chain reserves escrow and TA bandwidth for max_tokens (5000 when absent), so a request
 # without one is costlier and more often refused; this is sent when the caller gives none.
 DEFAULT_MAX_TOKENS = 4096
+
+# The request fields brokers and devshard gateways accept (the OpenAI chat/completions fields a
+# vLLM runtime serves); a strict gateway answers anything else with a 400 (gonka-docs FAQ).
+DEFAULT_BROKER_FIELDS = frozenset(
+    {
+        "model",
+        "messages",
+        "prompt",
+        "max_tokens",
+        "max_completion_tokens",
+        "temperature",
+        "top_p",
+        "n",
+        "stream",
+        "stream_options",
+        "stop",
+        "presence_penalty",
+        "frequency_penalty",
+        "seed",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
+        "response_format",
+        "logprobs",
+        "top_logprobs",
+        "logit_bias",
+        "user",
+    }
+)
 
 _TRUE = frozenset({"1", "true", "yes", "on"})
 _FALSE = frozenset({"0", "false", "no", "off", ""})
@@ -76,16 +111,23 @@ def parse_endpoints(
             url, sep, address = item.strip().partition(";")
             if not sep:
                 raise GonkaConfigError(
-                    field, f"{item.strip()!r} must look like 'https://host:8000;gonka1...'"
+                    field,
+                    "each endpoint must look like 'https://host:8000;gonka1...' (URL, ';', the "
+                    f"TA's account address); got {describe_shape(item)} without a ';'",
                 )
         elif isinstance(item, (tuple, list)) and len(item) == 2:
             url, address = item
         else:
-            raise GonkaConfigError(field, f"cannot read an endpoint from {item!r}")
+            raise GonkaConfigError(
+                field,
+                "each endpoint must be 'url;address', a (url, address) pair or a GonkaEndpoint; "
+                f"got {describe_shape(item)}",
+            )
         url = str(url).strip().rstrip("/")
         url = url[: -len("/v1")] if url.endswith("/v1") else url
         if not url.startswith(("http://", "https://")):
-            raise GonkaConfigError(field, f"endpoint URL {url!r} must start with http(s)://")
+            shown = repr(url) if "://" in url else describe_shape(url)
+            raise GonkaConfigError(field, f"endpoint URL {shown} must start with http(s)://")
         endpoints.append(GonkaEndpoint(url, validate_address(str(address), field=field)))
     return tuple(endpoints)
 

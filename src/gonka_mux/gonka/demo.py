@@ -1,10 +1,12 @@
 """The Gonka part of ``gonka-mux demo``: a fake Gonka network on loopback, offline.
 
 It discovers the participants, sends signed requests (checked by the fake nodes the way the
-chain checks them), holds a multi-turn conversation, routes beside a Bearer-key broker, and runs
-a burst of requests across an epoch change (the next epoch's participants are prefetched and
-swapped in at the switch height; no request fails). It prints a short report; the whole run
-takes a few seconds.
+chain checks them), holds a multi-turn conversation, routes beside a Bearer-key broker (the
+fake broker / devshard gateway), runs a burst of requests across an epoch change (the next
+epoch's participants are prefetched and swapped in at the switch height; no request fails),
+and ends as mainnet is today: every host retires classic inference (v0.2.14), the first 410
+retires the signed group and the broker serves everything. It prints a short report; the whole
+run takes a few seconds.
 """
 
 from __future__ import annotations
@@ -178,12 +180,32 @@ async def run_gonka_demo(
             f"{len({r.authorization for r in records})} distinct signatures"
         )
         say(f"      requests sent to the departed TA after the swap: {to_departed}")
+
+        say("\n   d) Mainnet today: every host retires classic inference (v0.2.14)")
+        before = len(net.inference_requests)
+        net.retire_classic_api()  # 410 {"error": "deprecated", ...} with Deprecation headers
+        by_broker = 0
+        for i in range(10):
+            reply = await mux.chat.completions.create(
+                model=MODEL, messages=[{"role": "user", "content": f"after retirement {i}"}]
+            )
+            by_broker += (reply.choices[0].message.content or "") == "ok from broker"
+        met_410 = len(net.inference_requests) - before
+        signed_left = [ep.name for ep in mux.endpoints if ep.kind == "gonka"]
+        say(
+            f"      {by_broker}/10 served by the broker; {met_410} signed request(s) met the "
+            f"410 and moved on within the same call; signed endpoints left: {len(signed_left)}"
+        )
+        say(f"      the refresh stopped: {not manager.is_running}")
         ok = (
             not failures
             and served == requests
             and manager.current_epoch > result.epoch_id
             and verified == len(records)
             and to_departed == 0
+            and by_broker == 10
+            and not signed_left
+            and met_410 <= 1
         )
         say(f"\n   Gonka demo: {'OK' if ok else 'FAILED'}")
         return ok

@@ -24,6 +24,7 @@ two small drivers (:func:`discover` with ``httpx.Client``, :func:`adiscover` wit
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -47,13 +48,16 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AccountInfo",
+    "ClassicApiProbe",
     "DiscoveryResult",
     "GonkaParticipant",
     "NodeIdentity",
     "adiscover",
     "afetch_chain_status",
     "afetch_epoch_info",
+    "aprobe_classic_api",
     "build_result",
+    "classic_retirement",
     "discover",
     "fetch_chain_status",
     "fetch_epoch_info",
@@ -64,6 +68,7 @@ __all__ = [
     "parse_models",
     "parse_participants",
     "parse_pricing",
+    "probe_classic_api",
 ]
 
 logger = logging.getLogger("gonka_mux.gonka")
@@ -118,6 +123,13 @@ class DiscoveryResult:
     not_allowlisted: tuple[str, ...] = ()
     allowlist_known: bool = True
     proof_verified: bool = False
+    classic_api: ClassicApiProbe | None = None
+
+    @property
+    def classic_api_retired(self) -> bool:
+        """True when the source host answered the classic inference route with v0.2.14's
+        410 deprecation (the whole network retired the signed path)."""
+        return self.classic_api is not None and self.classic_api.retired
 
     @property
     def models(self) -> tuple[str, ...]:
@@ -135,6 +147,41 @@ class DiscoveryResult:
         return None
 
 
+@dataclass(frozen=True, slots=True)
+class ClassicApiProbe:
+    """What a host answered ``GET /v1/chat/completions`` (harmless: no body, no signature).
+
+    A v0.2.14 host routes GET and POST of that path to its deprecation handler: 410 with
+    ``Deprecation``/``Link`` headers and ``{"error": "deprecated", "message": "classic
+    inference is deprecated; use devshard"}``. Anything else (400, 404, 405...) means the host
+    still has the classic path. ``retired`` is True only for that marked 410.
+    """
+
+    url: str
+    status: int | None
+    retired: bool
+    message: str = ""
+
+
+def classic_retirement(status: int | None, payload: Any, headers: Mapping[str, str]) -> str | None:
+    """The deprecation message when ``status``/``payload``/``headers`` are v0.2.14's marked 410,
+    else None."""
+    if status != 410:
+        return None
+    message = ""
+    if isinstance(payload, Mapping):
+        error, text = payload.get("error"), payload.get("message")
+        message = ": ".join(str(x) for x in (error, text) if isinstance(x, str))
+        marked = error == "deprecated" or (
+            isinstance(text, str) and "classic inference is deprecated" in text.lower()
+        )
+        if marked:
+            return message or "deprecated"
+    if str(headers.get("deprecation") or "").strip():
+        return message or "deprecated (Deprecation header)"
+    return None
+
+
 # --- pure parsing -------------------------------------------------------------------------------
 
 
@@ -146,7 +193,9 @@ def parse_allowlist(payload: Any) -> frozenset[str]:
     access = params.get("transfer_agent_access_params") if isinstance(params, Mapping) else None
     if not isinstance(access, Mapping):
         return frozenset()
-    addresses = access.get("allowed_transfer_addresses") or []
+    addresses = access.get("allowed_transfer_addresses")
+    if addresses is None:
+        return frozenset()
     if not isinstance(addresses, list):
         raise GonkaPayloadError("allowed_transfer_addresses", "expected a list")
     return frozenset(a.strip() for a in addresses if isinstance(a, str) and a.strip())
@@ -175,7 +224,9 @@ def parse_participants(payload: Any) -> ParsedParticipants:
         raise GonkaPayloadError(
             "active_participants", "missing (is this /v1/epochs/{N}/participants?)"
         )
-    entries = active.get("participants") or []
+    entries = active.get("participants")
+    if entries is None:
+        entries = []
     if not isinstance(entries, list):
         raise GonkaPayloadError("active_participants.participants", "expected a list")
     epoch_id = as_int(active.get("epoch_id"), what="epoch_id") or as_int(
@@ -195,10 +246,17 @@ def parse_participants(payload: Any) -> ParsedParticipants:
         seed = entries[0].get("seed") if isinstance(entries[0], Mapping) else None
         if isinstance(seed, Mapping):
             epoch_id = as_int(seed.get("epoch_index") or seed.get("block_height"))
+    listed = payload.get("excluded_participants")
+    if listed is None:
+        listed = []  # absent on nodes older than the field (Aug 2025)
+    if not isinstance(listed, list):
+        # a list we cannot read may hide participants that must not be used: next source
+        raise GonkaPayloadError("excluded_participants", "expected a list")
     excluded: dict[str, str] = {}
-    for item in payload.get("excluded_participants") or ():
+    for item in listed:
         if isinstance(item, Mapping) and isinstance(item.get("address"), str):
-            excluded[item["address"]] = str(item.get("reason") or "excluded")
+            reason = item.get("reason")
+            excluded[item["address"]] = reason if isinstance(reason, str) and reason else "excluded"
     return ParsedParticipants(epoch_id, tuple(participants), excluded, skipped)
 
 
@@ -210,19 +268,25 @@ def _participant(entry: Any, epoch_id: int) -> GonkaParticipant | None:
     if not isinstance(address, str) or not isinstance(url, str):
         return None
     url = url.strip().rstrip("/")
-    if not url.startswith(("http://", "https://")):
+    if not url.startswith(("http://", "https://")) or not address.strip():
         return None
-    models = entry.get("models") or ()
+    models = entry.get("models")
+    if models is None:
+        models = []
+    # a list of model ids, nothing else (a string is not read as its characters)
+    if not isinstance(models, list) or not all(isinstance(m, str) and m for m in models):
+        return None
     try:
         weight = as_int(entry.get("weight"), what="weight")
     except GonkaPayloadError:
         return None
+    validator_key = entry.get("validator_key")
     return GonkaParticipant(
         address=address.strip(),
         inference_url=url,
         weight=max(0, weight),
-        models=tuple(m for m in models if isinstance(m, str) and m),
-        validator_key=str(entry.get("validator_key") or ""),
+        models=tuple(dict.fromkeys(models)),
+        validator_key=validator_key if isinstance(validator_key, str) else "",
         epoch_id=epoch_id,
     )
 
@@ -292,12 +356,15 @@ def parse_identity(payload: Any) -> NodeIdentity:
     if not isinstance(data, Mapping) or not isinstance(data.get("address"), str):
         raise GonkaPayloadError("identity", "missing data.address")
     delegates = data.get("delegate_ta")
+    timestamp = data.get("timestamp")
     return NodeIdentity(
         address=data["address"],
         block=as_int(data.get("block"), what="identity.block"),
-        timestamp=str(data.get("timestamp") or ""),
+        timestamp=timestamp if isinstance(timestamp, str) else "",
         delegate_ta=(
-            {str(k): str(v) for k, v in delegates.items()} if isinstance(delegates, Mapping) else {}
+            {str(k): v for k, v in delegates.items() if isinstance(v, str)}
+            if isinstance(delegates, Mapping)
+            else {}
         ),
     )
 
@@ -312,7 +379,7 @@ def parse_models(payload: Any) -> tuple[str, ...]:
     if not isinstance(items, list):
         raise GonkaPayloadError("models", "expected a 'data' or 'models' list")
     ids = (item.get("id") for item in items if isinstance(item, Mapping))
-    return tuple(i for i in ids if isinstance(i, str) and i)
+    return tuple(dict.fromkeys(i for i in ids if isinstance(i, str) and i))
 
 
 def parse_pricing(payload: Any) -> dict[str, int]:
@@ -344,10 +411,11 @@ class AccountInfo:
 def parse_account(payload: Any) -> AccountInfo:
     if not isinstance(payload, Mapping):
         raise GonkaPayloadError("account", "expected a JSON object")
+    pubkey, denom = payload.get("pubkey"), payload.get("denom")
     return AccountInfo(
-        public_key=str(payload.get("pubkey") or ""),
+        public_key=pubkey if isinstance(pubkey, str) else "",
         balance=as_int(payload.get("balance"), what="balance"),
-        denom=str(payload.get("denom") or "ngonka"),
+        denom=denom if isinstance(denom, str) and denom else "ngonka",
     )
 
 
@@ -361,11 +429,13 @@ class _Fetch:
 
 @dataclass(frozen=True, slots=True)
 class _Fetched:
-    """A fetch outcome: ``payload`` when HTTP 200 with JSON, else ``status``/``error``."""
+    """A fetch outcome: ``payload`` when HTTP 200 with JSON, else ``status``/``error`` (with
+    the JSON ``payload`` of the error body when it has one). ``headers``: lower-case names."""
 
     payload: Any = None
     status: int | None = None
     error: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
 
     @property
     def ok(self) -> bool:
@@ -381,7 +451,9 @@ def normalize_sources(sources: str | Sequence[str]) -> tuple[str, ...]:
     items = [sources] if isinstance(sources, str) else list(sources)
     for item in items:
         if not isinstance(item, str):
-            raise GonkaConfigError("source_url", f"expected a URL string, got {item!r}")
+            raise GonkaConfigError(
+                "source_url", f"expected a URL string, got a {type(item).__name__}"
+            )
     cleaned: list[str] = []
     for item in (part for text in items for part in text.split(",")):
         url = item.strip().rstrip("/")
@@ -390,9 +462,12 @@ def normalize_sources(sources: str | Sequence[str]) -> tuple[str, ...]:
         if url.endswith("/v1"):
             url = url[: -len("/v1")]
         if not url.startswith(("http://", "https://", "file://")):
+            from .keys import describe_shape
+
+            shown = repr(url) if "://" in url else describe_shape(url)  # never echo a key
             raise GonkaConfigError(
                 "source_url",
-                f"{url!r} is not an http(s):// node URL or a file:// participants file",
+                f"{shown} is not an http(s):// node URL or a file:// participants file",
             )
         if url not in cleaned:
             cleaned.append(url)
@@ -447,6 +522,11 @@ def _first_ok(
             except GonkaProofVerificationError as exc:
                 proof_error = exc
                 fetched = _Fetched(status=fetched.status, error=f"proof verification: {exc}")
+            except (RecursionError, TypeError, ValueError, KeyError, AttributeError) as exc:
+                # the parsers accept any JSON value; this net keeps one bad source from
+                # stopping discovery should a shape still slip through
+                logger.warning("%s from %s: unexpected shape (%s)", what, url, type(exc).__name__)
+                fetched = _Fetched(status=fetched.status, error=f"unexpected shape: {exc!s:.100}")
         logger.info("%s from %s failed: %s", what, url, fetched.error)
         attempts.append((url, fetched.error or "failed"))
         last = fetched
@@ -461,19 +541,50 @@ def _first_ok(
     )
 
 
+CLASSIC_PATH = "/v1/chat/completions"
+
+
+def _probe_plan(sources: Sequence[str]) -> Generator[_Fetch, _Fetched, ClassicApiProbe | None]:
+    """Ask the first network source how it answers the classic inference route."""
+    for source in sources:
+        if source.startswith("file://"):
+            continue
+        url = source + CLASSIC_PATH
+        fetched = yield _Fetch(url)
+        if fetched.status is None:  # no answer: try the next host
+            continue
+        message = classic_retirement(fetched.status, fetched.payload, fetched.headers)
+        return ClassicApiProbe(url, fetched.status, message is not None, message or "")
+    return None
+
+
+def _attempts_text(exc: GonkaDiscoveryError) -> str:
+    if exc.attempts:
+        return "; ".join(f"{url}: {reason}" for url, reason in exc.attempts)
+    return str(exc.cause or exc.status_code or "no answer")
+
+
 def _discovery_plan(
     sources: tuple[str, ...],
     epoch: int | str,
     verify_proofs: bool,
     fetch_allowlist: bool,
     fetch_epoch_info: bool,
+    probe_classic: bool = True,
 ) -> Generator[_Fetch, _Fetched, DiscoveryResult]:
     def parse(payload: Any) -> tuple[ParsedParticipants, bool]:
         if verify_proofs:
             from .proofs import verify_participants_proof
 
             verify_participants_proof(payload)
-        return parse_participants(payload), verify_proofs
+        parsed = parse_participants(payload)
+        if not parsed.participants and parsed.skipped:
+            # entries, none readable: a broken source, not an empty epoch; try the next one
+            raise GonkaPayloadError(
+                "active_participants.participants",
+                f"all {parsed.skipped} entries are malformed",
+            )
+        return parsed, verify_proofs
 
     source, (parsed, verified) = yield from _first_ok(
         sources,
@@ -484,6 +595,7 @@ def _discovery_plan(
     # The allowlist and epoch info come from the node that answered first, then the others.
     network_sources = [s for s in (source, *sources) if not s.startswith("file://")]
     network_sources = list(dict.fromkeys(network_sources))
+    probe = (yield from _probe_plan(network_sources)) if probe_classic else None
     allowlist: frozenset[str] = frozenset()
     allowlist_known = not network_sources  # a file source has no chain params to consult
     if fetch_allowlist and network_sources:
@@ -493,10 +605,16 @@ def _discovery_plan(
             )
             allowlist_known = True
         except GonkaDiscoveryError as exc:
-            logger.warning(
-                "could not read the Transfer Agent allowlist (%s); keeping every participant, "
-                "non-allowlisted ones will answer 403",
-                exc,
+            closed = exc.attempts and all(" 404" in reason for _, reason in exc.attempts)
+            logger.log(
+                logging.INFO if closed else logging.WARNING,
+                "Transfer Agent allowlist unknown: %s. Every participant is kept; one that is not "
+                "allowlisted answers 403 'Transfer Agent not allowed' and is then dropped (the "
+                "request moves on to another TA). Pre-filtering needs a source whose operator "
+                "exposes the chain REST API.",
+                "no source exposes /chain-api/ (hosts close it by default since v0.2.8)"
+                if closed
+                else f"the chain params could not be read ({_attempts_text(exc)})",
             )
     epoch_info = None
     if fetch_epoch_info and network_sources:
@@ -506,7 +624,7 @@ def _discovery_plan(
             )
         except GonkaDiscoveryError as exc:
             logger.info("epoch info unavailable: %s", exc)
-    return build_result(
+    result = build_result(
         parsed,
         source_url=source,
         allowlist=allowlist,
@@ -515,6 +633,9 @@ def _discovery_plan(
         proof_verified=verified,
         epoch=epoch,
     )
+    if probe is not None:
+        result = dataclasses.replace(result, classic_api=probe)
+    return result
 
 
 # --- drivers ------------------------------------------------------------------------------------
@@ -529,17 +650,38 @@ def _read_file(url: str) -> _Fetched:
         return _Fetched(payload=json.loads(Path(path).read_text(encoding="utf-8")), status=200)
     except FileNotFoundError:
         return _Fetched(error=f"file {path} does not exist")
+    except RecursionError:
+        return _Fetched(error=f"cannot read {path}: JSON nested too deeply")
     except (OSError, ValueError) as exc:
-        return _Fetched(error=f"cannot read {path}: {type(exc).__name__}: {exc}")
+        return _Fetched(error=f"cannot read {path}: {type(exc).__name__}: {exc!s:.200}")
 
 
-def _outcome(status: int, body: bytes) -> _Fetched:
+_KEPT_HEADERS = ("date", "deprecation", "link", "content-type")
+
+
+def _outcome(status: int, body: bytes, headers: Mapping[str, str] | None = None) -> _Fetched:
+    kept = {}
+    for name in _KEPT_HEADERS:
+        value = headers.get(name) if headers is not None else None
+        if value is not None:
+            kept[name] = str(value)
     if status != 200:
-        return _Fetched(status=status, error=f"HTTP {status}: {_snippet(body)}")
+        payload = _loads(body) if body[:1] in (b"{", b"[") else None
+        return _Fetched(
+            payload=payload, status=status, error=f"HTTP {status}: {_snippet(body)}", headers=kept
+        )
     try:
-        return _Fetched(payload=json.loads(body), status=status)
-    except ValueError:
-        return _Fetched(status=status, error=f"not JSON: {_snippet(body)}")
+        return _Fetched(payload=json.loads(body), status=status, headers=kept)
+    except (ValueError, RecursionError):
+        # RecursionError: JSON nested deeper than the interpreter's stack allows
+        return _Fetched(status=status, error=f"not JSON: {_snippet(body)}", headers=kept)
+
+
+def _loads(body: bytes) -> Any:
+    try:
+        return json.loads(body)
+    except (ValueError, RecursionError):
+        return None
 
 
 def _snippet(body: bytes) -> str:
@@ -556,7 +698,7 @@ def _fetch_sync(client: httpx.Client, request: _Fetch) -> _Fetched:
         response = client.get(request.url)
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         return _Fetched(error=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
-    return _outcome(response.status_code, response.content)
+    return _outcome(response.status_code, response.content, response.headers)
 
 
 async def _fetch_async(client: httpx.AsyncClient, request: _Fetch) -> _Fetched:
@@ -568,7 +710,7 @@ async def _fetch_async(client: httpx.AsyncClient, request: _Fetch) -> _Fetched:
         response = await client.get(request.url)
     except (httpx.HTTPError, httpx.InvalidURL) as exc:
         return _Fetched(error=f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__)
-    return _outcome(response.status_code, response.content)
+    return _outcome(response.status_code, response.content, response.headers)
 
 
 def _client_options(timeout: float) -> dict[str, Any]:
@@ -619,13 +761,16 @@ def discover(
     timeout: float = DEFAULT_TIMEOUT,
     fetch_allowlist: bool = True,
     fetch_epoch_info: bool = True,
+    probe_classic: bool = True,
     client: httpx.Client | None = None,
 ) -> DiscoveryResult:
     """Discover the usable participants of ``epoch`` (``"current"`` or a number).
 
-    ``verify_proofs`` defaults to ``GONKA_VERIFY_PROOF``. Raises :class:`GonkaDiscoveryError`
-    when no source answers, :class:`GonkaProofVerificationError` when verification is on and
-    fails (on every source), :class:`GonkaNoParticipantsError` when nothing usable is left.
+    ``verify_proofs`` defaults to ``GONKA_VERIFY_PROOF``. ``probe_classic`` asks the source
+    host how it answers the classic inference route (``result.classic_api_retired``).
+    Raises :class:`GonkaDiscoveryError` when no source answers,
+    :class:`GonkaProofVerificationError` when verification is on and fails (on every source),
+    :class:`GonkaNoParticipantsError` when nothing usable is left.
     """
     plan = _discovery_plan(
         normalize_sources(source_urls),
@@ -633,6 +778,7 @@ def discover(
         _verify_default(verify_proofs),
         fetch_allowlist,
         fetch_epoch_info,
+        probe_classic,
     )
     result: DiscoveryResult = _run_sync(plan, client, timeout)
     return result
@@ -646,6 +792,7 @@ async def adiscover(
     timeout: float = DEFAULT_TIMEOUT,
     fetch_allowlist: bool = True,
     fetch_epoch_info: bool = True,
+    probe_classic: bool = True,
     client: httpx.AsyncClient | None = None,
 ) -> DiscoveryResult:
     """Async twin of :func:`discover`."""
@@ -655,6 +802,7 @@ async def adiscover(
         _verify_default(verify_proofs),
         fetch_allowlist,
         fetch_epoch_info,
+        probe_classic,
     )
     result: DiscoveryResult = await _run_async(plan, client, timeout)
     return result
@@ -723,3 +871,30 @@ async def afetch_chain_status(
     plan = _single(CHAIN_STATUS_PATH, parse_chain_status, "chain status", source_urls)
     status: ChainStatus = await _run_async(plan, client, timeout)
     return status
+
+
+def probe_classic_api(
+    source_urls: str | Sequence[str],
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    client: httpx.Client | None = None,
+) -> ClassicApiProbe | None:
+    """How the first host that answers serves the classic inference route (``None``: none
+    answered). ``probe.retired`` is True on a v0.2.14 host (the network retired it)."""
+    probe: ClassicApiProbe | None = _run_sync(
+        _probe_plan(_network_only(source_urls)), client, timeout
+    )
+    return probe
+
+
+async def aprobe_classic_api(
+    source_urls: str | Sequence[str],
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    client: httpx.AsyncClient | None = None,
+) -> ClassicApiProbe | None:
+    """Async twin of :func:`probe_classic_api`."""
+    probe: ClassicApiProbe | None = await _run_async(
+        _probe_plan(_network_only(source_urls)), client, timeout
+    )
+    return probe

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import calendar
 import re
+import reprlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import IntEnum
@@ -40,6 +41,7 @@ __all__ = [
     "parse_chain_status",
     "parse_epoch_info",
     "parse_rfc3339_ns",
+    "shown",
     "switch_height",
 ]
 
@@ -70,6 +72,22 @@ _BLOCKING_CONFIRMATION_PHASES = frozenset(
 )
 
 
+_REPR = reprlib.Repr()
+_REPR.maxlevel = 2
+_REPR.maxstring = 60
+_REPR.maxother = 60
+_REPR.maxlist = _REPR.maxdict = 4
+
+
+def shown(value: Any) -> str:
+    """A short repr of a payload value for an error message: bounded in length and depth (a
+    plain ``repr`` of a deeply nested JSON value would exhaust the stack)."""
+    try:
+        return _REPR.repr(value)
+    except Exception:  # pragma: no cover - reprlib is defensive already
+        return f"<{type(value).__name__}>"
+
+
 def as_int(value: Any, default: int = 0, *, what: str = "value") -> int:
     """An int from a JSON number or a decimal string (Cosmos renders int64 as strings).
 
@@ -79,7 +97,7 @@ def as_int(value: Any, default: int = 0, *, what: str = "value") -> int:
     if value is None:
         return default
     if isinstance(value, bool):
-        raise GonkaPayloadError(what, f"expected an integer, got {value!r}")
+        raise GonkaPayloadError(what, f"expected an integer, got {shown(value)}")
     if isinstance(value, int):
         return value
     if isinstance(value, str):
@@ -92,7 +110,7 @@ def as_int(value: Any, default: int = 0, *, what: str = "value") -> int:
             pass
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    raise GonkaPayloadError(what, f"expected an integer, got {value!r}")
+    raise GonkaPayloadError(what, f"expected an integer, got {shown(value)}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +168,9 @@ def _confirmation_phase(value: Any) -> int:
             name = name.removeprefix(prefix)
         if name in _CONFIRMATION_PHASE_NAMES:
             return _CONFIRMATION_PHASE_NAMES[name]
-        raise GonkaPayloadError("active_confirmation_poc_event.phase", f"unknown phase {value!r}")
+        raise GonkaPayloadError(
+            "active_confirmation_poc_event.phase", f"unknown phase {shown(value)}"
+        )
     return as_int(value, what="active_confirmation_poc_event.phase")
 
 
@@ -320,10 +340,11 @@ def parse_chain_status(payload: Any) -> ChainStatus:
         raise GonkaPayloadError("chain-rpc/status", "missing result.sync_info.latest_block_time")
     node_info = result.get("node_info") or {}
     catching_up = sync.get("catching_up", False)
+    network = node_info.get("network") if isinstance(node_info, Mapping) else None
     return ChainStatus(
         latest_block_height=as_int(sync.get("latest_block_height"), what="latest_block_height"),
         latest_block_time_ns=parse_rfc3339_ns(sync["latest_block_time"]),
-        chain_id=str(node_info.get("network", "")) if isinstance(node_info, Mapping) else "",
+        chain_id=network if isinstance(network, str) else "",
         catching_up=catching_up is True or catching_up == "true",
     )
 
@@ -339,7 +360,7 @@ def parse_rfc3339_ns(text: str) -> int:
     which ``datetime.fromisoformat`` rejects on Python 3.10)."""
     match = _RFC3339.match(text.strip()) if isinstance(text, str) else None
     if match is None:
-        raise GonkaPayloadError("timestamp", f"not an RFC 3339 time: {text!r}")
+        raise GonkaPayloadError("timestamp", f"not an RFC 3339 time: {shown(text)}")
     year, month, day, hour, minute, second = (int(g) for g in match.groups()[:6])
     fraction = match.group(7) or ""
     seconds = calendar.timegm((year, month, day, hour, minute, second, 0, 0, 0))

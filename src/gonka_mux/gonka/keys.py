@@ -24,6 +24,7 @@ __all__ = [
     "ADDRESS_PREFIX",
     "PrivateKey",
     "address_from_public_key",
+    "describe_shape",
     "is_valid_address",
     "load_private_key",
     "public_key_from_secret",
@@ -236,14 +237,46 @@ def is_valid_address(address: str, hrp: str = ADDRESS_PREFIX) -> bool:
     return data is not None and len(data) == 20
 
 
+def describe_shape(value: object) -> str:
+    """What ``value`` looks like, without showing it: its type, length and character classes
+    (used in errors about values that may be secrets pasted into the wrong place)."""
+    if not isinstance(value, str):
+        return f"a {type(value).__name__}"
+    text = value.strip()
+    if not text:
+        return "an empty string"
+    bare = text[2:] if text[:2].lower() == "0x" else text
+    if len(bare) == 64 and all(c in "0123456789abcdefABCDEF" for c in bare):
+        return (
+            "64 hexadecimal characters, which looks like a PRIVATE KEY: never put a key there "
+            "(and if it was shared, move the funds to a new key)"
+        )
+    classes = []
+    if any(c.isdigit() for c in text):
+        classes.append("digits")
+    if any(c.isalpha() and c.islower() for c in text):
+        classes.append("lower-case letters")
+    if any(c.isalpha() and c.isupper() for c in text):
+        classes.append("upper-case letters")
+    if any(not c.isalnum() for c in text):
+        classes.append("other characters")
+    head = "starting with 'gonka1'" if text.startswith("gonka1") else "not starting with 'gonka1'"
+    return f"{len(text)} characters ({', '.join(classes) or 'none'}), {head}"
+
+
 def validate_address(address: str, *, field: str = "address", hrp: str = ADDRESS_PREFIX) -> str:
-    """Return ``address`` stripped, or raise :class:`GonkaConfigError` if it is not valid."""
+    """Return ``address`` stripped, or raise :class:`GonkaConfigError` if it is not valid.
+
+    The error never shows the value (a private key pasted as an address must not reach a log):
+    it says what was expected and describes what was given.
+    """
     cleaned = address.strip() if isinstance(address, str) else address
     if not is_valid_address(cleaned, hrp):
         raise GonkaConfigError(
             field,
-            f"{cleaned!r} is not a valid {hrp}1... bech32 account address (check for typos; "
-            "the checksum does not match or the prefix is wrong)",
+            f"expected a {hrp}1... bech32 account address (the prefix {hrp}1 and 38 lower-case "
+            f"letters and digits, 44 characters in all, with a valid checksum); got "
+            f"{describe_shape(address)}. Check for typos.",
         )
     return cleaned
 

@@ -30,7 +30,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-from .epochs import as_int
+from .epochs import as_int, shown
 from .errors import GonkaProofVerificationError
 from .keys import ripemd160
 
@@ -391,6 +391,8 @@ def verify_participants_proof(payload: Mapping[str, Any]) -> list[ProvenParticip
 
     Returns the proven participants; raises :class:`GonkaProofVerificationError` on any failure.
     """
+    if not isinstance(payload, Mapping):
+        _fail("the participants payload is not a JSON object", "payload")
     value = _participants_bytes(payload)
     ops = _proof_ops(payload)
     store_root = _verify_op(ops["ics23:iavl"], "ics23:iavl", value)
@@ -420,11 +422,13 @@ def _check_json_matches(payload: Mapping[str, Any], proven: list[ProvenParticipa
         address = entry.get("index") if isinstance(entry, Mapping) else None
         match = by_address.get(address) if isinstance(address, str) else None
         if match is None:
-            _fail(f"participant {address!r} is not in the proven list", "participants")
-        models = entry.get("models") or []
+            _fail(f"participant {shown(address)} is not in the proven list", "participants")
+        models = entry.get("models")
+        models = [] if models is None else models
         if (
             entry.get("inference_url") != match.inference_url
             or as_int(entry.get("weight"), what="weight") != match.weight
+            or not isinstance(models, list)
             or tuple(models) != match.models
         ):
             _fail(f"participant {address} differs from the proven entry", "participants")

@@ -14,8 +14,11 @@ often than ``min_interval`` per source: nodes rate-limit ``/v1`` to 10 requests 
 * in a PoC phase (or a confirmation PoC) reports the phase and scales the Gonka endpoints'
   weights by ``poc_weight_factor``, so traffic shifts toward brokers and other providers in the
   same pools, and restores them afterwards;
-* when requests fail with 403/404/410 on ``failure_threshold`` different endpoints within
-  ``failure_window`` seconds, refreshes at once (the set is likely stale);
+* when a participant refuses with its own 403 (it likely left the epoch), refreshes at once;
+  when requests fail with 403/404/410 on ``failure_threshold`` different endpoints within
+  ``failure_window`` seconds, likewise (the set is likely stale);
+* when the network retired the classic signed path (a v0.2.14 410 at traffic time, or the
+  probe of a refresh), retires the group and stops;
 * when a refresh fails, keeps the last good set and backs off (``interval`` doubling up to
   ``max_backoff``).
 
@@ -360,6 +363,8 @@ class GonkaRefreshManager:
     async def _tick_locked(self, reason: str) -> RefreshResult:
         self.polls += 1
         await self.group.close_drained()
+        if self.group.network_retired:
+            return self._stop_retired(reason)
         try:
             info = await self._fetch_epoch_info()
         except Exception as exc:
@@ -425,6 +430,11 @@ class GonkaRefreshManager:
                 found = await self._discover("current")
             except Exception as exc:
                 return self._failed(reason, exc)
+        if found.classic_api_retired and found.classic_api is not None:
+            host = found.classic_api.url.removesuffix("/v1/chat/completions")
+            # this task runs on the Multiplexer's loop, where its registry lives
+            self.group.retire_network(f"host {host}", found.classic_api.message)
+            return self._stop_retired(reason)
         if found.epoch_id and found.epoch_id < self.current_epoch:
             return self._failed(
                 reason,
@@ -484,6 +494,21 @@ class GonkaRefreshManager:
         if changed:
             self.last_swap = outcome
         return outcome
+
+    def _stop_retired(self, reason: str) -> RefreshResult:
+        """The network retired the classic signed path: nothing to follow any more."""
+        if not self._closed:
+            logger.info("Gonka refresh of group %s stopped: classic API retired", self.group.group)
+        self._closed = True  # the loop ends after this tick
+        self.last_error = "classic signed inference retired on this network"
+        return RefreshResult(
+            False,
+            reason,
+            old_epoch=self.current_epoch,
+            new_epoch=self.current_epoch,
+            error=self.last_error,
+            phase=self.phase,
+        )
 
     def _failed(self, reason: str, exc: BaseException) -> RefreshResult:
         self.consecutive_failures += 1
@@ -602,7 +627,18 @@ class GonkaRefreshManager:
 
     # -- failures seen by the router ------------------------------------------------------
     def _on_failure(self, endpoint: Endpoint, failure: Failure) -> None:
+        from .policy import GonkaParticipantRefused
+
         if endpoint.group != self.group.group or failure.status not in _STALE_STATUSES:
+            return
+        if isinstance(failure.error, GonkaParticipantRefused):
+            # one participant refuses in its own words: it likely left the epoch; re-read now
+            logger.info(
+                "Gonka participant behind %s refused (403): refreshing the participant list now",
+                endpoint.name,
+            )
+            self._marks.clear()
+            self._wake_up("failures")
             return
         now = time.monotonic()
         self._marks[endpoint.name] = now

@@ -21,7 +21,9 @@ in the endpoint group ``"gonka"``::
   follows epoch changes and swaps the group atomically; it stops with the Multiplexer.
 
 :func:`add_gonka_broker` adds an OpenAI-compatible broker or devshard gateway (Bearer key) beside
-them, or alone: since July 2026 mainnet answers classic signed requests with 410.
+them, or alone (:mod:`gonka_mux.gonka.broker` handles their caps, strict fields, moves, limiter
+and status): since July 2026 (v0.2.14) every mainnet host answers classic signed requests with
+410, and the first such answer retires the signed group (one warning).
 
 Settings come from the arguments, then a :class:`~gonka_mux.gonka.config.GonkaConfig`
 (``config=``, else the ``[gonka]`` table of the file the Multiplexer was built from), then the
@@ -41,12 +43,13 @@ import asyncio
 import dataclasses
 import json
 import logging
+import time
 from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from .config import GonkaConfig, GonkaEndpoint
-from .discovery import DiscoveryResult, GonkaParticipant
+from .config import DEFAULT_BROKER_FIELDS, GonkaConfig, GonkaEndpoint
+from .discovery import ClassicApiProbe, DiscoveryResult, GonkaParticipant
 from .epochs import EpochInfo, parse_epoch_info
 from .errors import GonkaConfigError, GonkaDiscoveryError, GonkaError, GonkaNoParticipantsError
 
@@ -54,6 +57,7 @@ if TYPE_CHECKING:
     from gonka_mux.endpoint import Endpoint, EndpointTier
     from gonka_mux.routing.outcome import Failure
 
+    from .broker import BrokerState
     from .refresh import GonkaRefreshManager
     from .signing import ChainClockSync, NanoClock, RequestSigner
 
@@ -73,6 +77,7 @@ T = TypeVar("T")
 
 DEFAULT_GROUP = "gonka"
 BROKER_GROUP = "gonka-broker"
+
 DEFAULT_TIMEOUT = 10.0
 DEFAULT_REQUEST_TIMEOUT = 120.0
 
@@ -97,13 +102,33 @@ class GonkaRegistrationResult:
     phase: str | None = None
     source_url: str | None = None
     excluded: Mapping[str, str] = field(default_factory=dict)
+    classic_api_retired: bool = False
+    notice: str = ""
 
     def __repr__(self) -> str:
+        retired = ", classic_api_retired=True" if self.classic_api_retired else ""
         return (
             f"GonkaRegistrationResult(models={self.models_registered!r}, "
             f"participants={len(self.participants)}, epoch_id={self.epoch_id}, "
-            f"refresh={'on' if self.refresh_manager is not None else 'off'})"
+            f"refresh={'on' if self.refresh_manager is not None else 'off'}{retired})"
         )
+
+
+def retirement_notice(where: str, message: str, removed: int | None = None, group: str = "") -> str:
+    """The one warning given when a network retired the classic signed path."""
+    what = (
+        f"removed all {removed} signed endpoint(s) of group {group!r} and will not register "
+        "them again; requests go to the brokers and providers in the same pools"
+        if removed is not None
+        else "registered no signed endpoint"
+    )
+    return (
+        f"Gonka classic signed inference is retired on this network: {where} answered HTTP 410 "
+        f"({message or 'deprecated'}). Every host since v0.2.14 (July 23 2026) answers so and "
+        f"the chain rejects classic messages, so gonka_mux {what}. To use Gonka, configure a "
+        "broker key or a devshard gateway URL: add_gonka_broker(mux, "
+        "'https://<broker or devshard gateway>/v1', api_key)."
+    )
 
 
 # =========================================================================== the endpoint group
@@ -111,7 +136,9 @@ class GonkaRegistrationResult:
 
 class GonkaEndpointGroup:
     """The signed endpoints of one registration: builds them from participants, swaps them into
-    the Multiplexer atomically, and remembers TAs that were dropped (403 not allowed, 410).
+    the Multiplexer atomically, and remembers TAs that were dropped (403 not allowed, a
+    participant's own 403 refusal until the next epoch, a plain 410). A v0.2.14 410 retires the
+    whole group (:meth:`retire_network`) and nothing signed is registered again.
 
     Participants that stay from one epoch to the next keep their Endpoint (latency and health
     history) and client; clients of participants that left are closed once their in-flight
@@ -133,7 +160,10 @@ class GonkaEndpointGroup:
         request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
         models: Iterable[str] | None = None,
         normalize_weights: bool = False,
+        refusal_ttl: float = 300.0,
     ) -> None:
+        from .policy import RefusalTracker
+
         self.mux = mux
         self.signer = signer
         self.clock = clock
@@ -152,6 +182,14 @@ class GonkaEndpointGroup:
         self.endpoints: dict[str, Endpoint] = {}  # the current set, by name
         self.retired: set[str] = set()  # TAs that answered 410 (kept out for good)
         self.not_allowed: set[str] = set()  # TAs that answered 403 "not allowed" (this epoch)
+        # TAs that refused with their own 403: (epoch, monotonic time); out until a refresh
+        # brings another epoch, or refusal_ttl seconds
+        self.refused: dict[str, tuple[int, float]] = {}
+        self.refusal_ttl = refusal_ttl
+        self.refusals = RefusalTracker(population=lambda: len(self.participants))
+        # a v0.2.14 410 retired the classic path network-wide: nothing signed comes back
+        self.network_retired = False
+        self.retirement_notice = ""
         self._base_weight: dict[str, float] = {}
         self._address_of: dict[str, str] = {}
         self._clients: dict[tuple[str, str], Any] = {}
@@ -168,7 +206,13 @@ class GonkaEndpointGroup:
         return f"{self.group}:{participant.address}/{model}"
 
     def usable(self, participant: GonkaParticipant) -> bool:
-        return participant.address not in self.retired | self.not_allowed
+        address = participant.address
+        return not (
+            self.network_retired
+            or address in self.retired
+            or address in self.not_allowed
+            or address in self.refused
+        )
 
     def _client(self, participant: GonkaParticipant) -> Any:
         key = (participant.address, participant.base_url)
@@ -225,6 +269,8 @@ class GonkaEndpointGroup:
                         requester_address=self.signer.address,
                         model=public,
                         has_alternative=_alternative_check(self.mux, name, public),
+                        refusals=self.refusals,
+                        on_network_retired=self.retire_network,
                     )
                     endpoint = Endpoint(
                         client,
@@ -256,19 +302,46 @@ class GonkaEndpointGroup:
             endpoint.weight = self._base_weight.get(endpoint.name, endpoint.weight) * (
                 self.weight_factor
             )
+        if self.network_retired:
+            return [], []
         removed = self.mux.replace_endpoints(self.group, list(endpoints))
         self.endpoints = {ep.name: ep for ep in endpoints}
         self.participants = tuple(p for p in participants if self.usable(p))
         if epoch_id != self.epoch_id:
             self.not_allowed.clear()  # the allowlist may have changed with the epoch
+        self._forget_refusals(epoch_id)
+        self.refusals.forget_departed({p.address for p in participants})
         self.epoch_id = epoch_id
         self._retire_clients(removed)
         new_addresses = {p.address for p in self.participants}
         return sorted(new_addresses - old_addresses), sorted(old_addresses - new_addresses)
 
+    def _forget_refusals(self, epoch_id: int) -> None:
+        """Refusals last until a refresh brings another epoch, or ``refusal_ttl`` seconds."""
+        now = time.monotonic()
+        for address, (epoch, at) in list(self.refused.items()):
+            if epoch != epoch_id or now - at > self.refusal_ttl:
+                del self.refused[address]
+
+    def retire_network(self, transfer_address: str = "", message: str = "") -> list[Endpoint]:
+        """The network retired the classic signed path (a v0.2.14 410): take every endpoint of
+        the group out at once through ``mux.retire_group`` (its log line is the one warning),
+        and never register signed endpoints again. Idempotent; on the Multiplexer's loop."""
+        if self.network_retired:
+            return []
+        self.network_retired = True
+        where = f"Transfer Agent {transfer_address}" if transfer_address else "a host"
+        count = sum(1 for ep in self.endpoints.values() if not ep.removed)
+        self.retirement_notice = retirement_notice(where, message, count, self.group)
+        removed = self.mux.retire_group(self.group, reason=self.retirement_notice)
+        self.endpoints = {}
+        self.participants = ()
+        self._retire_clients(removed)
+        return removed
+
     def set_weight_factor(self, factor: float) -> None:
         """Scale every endpoint's weight (PoC phases lower Gonka capacity) and rebuild pools."""
-        if factor == self.weight_factor:
+        if factor == self.weight_factor or self.network_retired:
             return
         self.weight_factor = factor
         live = [ep for ep in self.endpoints.values() if not ep.removed]
@@ -308,13 +381,24 @@ class GonkaEndpointGroup:
 
     # -- failures seen by the router ------------------------------------------------------
     def _on_failure(self, endpoint: Endpoint, failure: Failure) -> None:
-        if endpoint.group != self.group or not failure.remove_endpoint:
+        from .policy import GonkaAccessRestricted, GonkaParticipantRefused
+
+        if endpoint.group != self.group:
+            return
+        if isinstance(failure.error, GonkaAccessRestricted) and failure.error.participants:
+            # the network refuses, not these participants: let them back at the next refresh
+            for address in failure.error.participants:
+                self.refused.pop(address, None)
+            return
+        if not failure.remove_endpoint or self.network_retired:
             return
         address = self._address_of.get(endpoint.name)
         if address is None:
             return
         if failure.status == 410:
             self.retired.add(address)
+        elif isinstance(failure.error, GonkaParticipantRefused):
+            self.refused[address] = (self.epoch_id, time.monotonic())
         elif failure.status == 403:
             self.not_allowed.add(address)
         # The core removed this endpoint; drop the TA's other models' endpoints too.
@@ -463,6 +547,23 @@ def _discover(sources: tuple[str, ...], verify_proofs: bool, timeout: float) -> 
 
     options = {"verify_proofs": verify_proofs, "timeout": timeout}
     return _IO(lambda: discover(sources, **options), lambda: adiscover(sources, **options))
+
+
+def _probe(urls: tuple[str, ...], timeout: float) -> _IO:
+    """How the first of ``urls`` that answers serves the classic inference route."""
+    from .discovery import aprobe_classic_api, probe_classic_api
+
+    network = _network_sources(urls)
+    if not network:
+        return _IO(lambda: None, _none)
+    return _IO(
+        lambda: probe_classic_api(network, timeout=timeout),
+        lambda: aprobe_classic_api(network, timeout=timeout),
+    )
+
+
+async def _none() -> None:
+    return None
 
 
 def _on_mux_loop(mux: Any, fn: Callable[[], Any]) -> _IO:
@@ -749,9 +850,15 @@ def _registration(mux: Any, args: dict[str, Any]) -> _Steps[GonkaRegistrationRes
         found = yield _discover(plan.sources, plan.config.verify_proofs, options.timeout)
         participants, info = list(found.participants), found.epoch_info
         epoch_id = found.epoch_id
+        probe = found.classic_api
     else:
-        participants, info = yield from _explicit(plan, options.models, options.timeout)
+        probe = yield _probe(tuple(e.url for e in plan.endpoints), options.timeout)
+        participants, info = [], None
+        if probe is None or not probe.retired:
+            participants, info = yield from _explicit(plan, options.models, options.timeout)
         epoch_id = info.effective_epoch_id if info is not None else 0
+    if probe is not None and probe.retired:
+        return _retired_result(plan, options, probe, found, participants, epoch_id, info)
     group_ = _make_group(mux, plan, options)
     prepared = group_.prepare(participants)
     _check_models(prepared, options, participants)
@@ -773,6 +880,36 @@ def _registration(mux: Any, args: dict[str, Any]) -> _Steps[GonkaRegistrationRes
         phase=info.phase if info is not None else None,
         source_url=found.source_url if found is not None else None,
         excluded=found.excluded if found is not None else {},
+    )
+
+
+def _retired_result(
+    plan: _Plan,
+    options: _Options,
+    probe: ClassicApiProbe,
+    found: DiscoveryResult | None,
+    participants: Sequence[GonkaParticipant],
+    epoch_id: int,
+    info: EpochInfo | None,
+) -> GonkaRegistrationResult:
+    """Discovery found a network that retired the classic path: register nothing signed, and
+    say so once."""
+    host = probe.url.removesuffix("/v1/chat/completions")
+    notice = retirement_notice(f"host {host}", probe.message)
+    logger.warning("%s", notice)
+    return GonkaRegistrationResult(
+        models_registered=[],
+        participants=list(participants),
+        epoch_id=epoch_id,
+        refresh_manager=None,
+        endpoints=[],
+        requester_address=plan.signer.address,
+        group=options.group,
+        phase=info.phase if info is not None else None,
+        source_url=found.source_url if found is not None else None,
+        excluded=dict(found.excluded) if found is not None else {},
+        classic_api_retired=True,
+        notice=notice,
     )
 
 
@@ -868,8 +1005,12 @@ async def aregister_gonka_models(
 
 def _broker_url(base_url: str) -> str:
     if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
+        from .keys import describe_shape
+
         raise GonkaConfigError(
-            "base_url", f"expected the broker's OpenAI base URL (https://.../v1), got {base_url!r}"
+            "base_url",
+            "expected the broker's OpenAI base URL (https://.../v1); got "
+            f"{describe_shape(base_url)}",  # never echoed: it may be a key in the wrong place
         )
     return base_url.rstrip("/")
 
@@ -884,46 +1025,72 @@ def _broker_models_error(url: str, exc: GonkaDiscoveryError) -> GonkaError:
     return exc
 
 
+@dataclass
+class _BrokerOptions:
+    name: str | None
+    weight: float
+    tier: EndpointTier
+    max_concurrent: int | None
+    default_max_tokens: int | None
+    group: str
+    request_timeout: float
+    on_token_cap: str
+    default_token_cap: int | None
+    allowed_fields: Any
+    unknown_fields: str
+    status_interval: float | None
+    catalog_interval: float | None
+
+
 def _broker_endpoint(
     mux: Any,
     url: str,
     api_key: str,
     model_map: Mapping[str, str],
-    *,
-    name: str | None,
-    weight: float,
-    tier: EndpointTier,
-    max_concurrent: int | None,
-    default_max_tokens: int | None,
-    group: str,
-    request_timeout: float,
-) -> Endpoint:
+    caps: Mapping[str, int | None],
+    options: _BrokerOptions,
+) -> tuple[Endpoint, BrokerState]:
     import openai
 
     from gonka_mux.endpoint import Endpoint
 
+    from .broker import BrokerClient, BrokerErrorPolicy, BrokerState
+
     if not api_key or not isinstance(api_key, str):
         raise GonkaConfigError("api_key", "a broker needs its API key (sent as a Bearer token)")
-    client = openai.AsyncOpenAI(
-        base_url=url, api_key=api_key, max_retries=0, timeout=request_timeout
+    state = BrokerState(
+        url,
+        caps=caps,
+        default_cap=options.default_token_cap,
+        default_max_tokens=options.default_max_tokens,
+        on_token_cap=options.on_token_cap,  # type: ignore[arg-type]
+        allowed_fields=options.allowed_fields,
+        unknown_fields=options.unknown_fields,  # type: ignore[arg-type]
     )
-    base = name or f"{group}:{url.split('://', 1)[-1]}"
+    client = openai.AsyncOpenAI(
+        base_url=url, api_key=api_key, max_retries=0, timeout=options.request_timeout
+    )
+    group = options.group
+    base = options.name or f"{group}:{url.split('://', 1)[-1]}"
     final = base
     n = 2
-    while name is None and mux.get_endpoint(final) is not None:
+    while options.name is None and mux.get_endpoint(final) is not None:
         final = f"{base}#{n}"
         n += 1
-    return Endpoint(
-        client,
+    policy = BrokerErrorPolicy(mux)
+    endpoint = Endpoint(
+        BrokerClient(client, state),
         models=dict(model_map),
         name=final,
-        weight=weight,
-        max_concurrent=max_concurrent,
-        tier=tier,
+        weight=options.weight,
+        max_concurrent=options.max_concurrent,
+        tier=options.tier,
         group=group,
         kind="gonka-broker",
-        default_params={"max_tokens": default_max_tokens} if default_max_tokens else None,
+        error_policy=policy,
     )
+    policy.endpoint = endpoint
+    return endpoint, state
 
 
 def _model_map(models: Sequence[str] | Mapping[str, str], prefix: str) -> dict[str, str]:
@@ -942,21 +1109,47 @@ def _broker(
     models: Sequence[str] | Mapping[str, str] | None,
     model_name_prefix: str,
     timeout: float,
-    **endpoint_options: Any,
+    **options: Any,
 ) -> _Steps[Endpoint]:
     """Both faces of :func:`add_gonka_broker`."""
+    from .broker import GonkaBroker, parse_broker_models
+
     url = _broker_url(base_url)
+    settings = _BrokerOptions(**options)
+    caps: dict[str, int | None] = {}
+    catalog_managed = models is None
     if models is None:
         try:
             payload = yield _get(f"{url}/models", timeout, {"Authorization": f"Bearer {api_key}"})
         except GonkaDiscoveryError as exc:
             raise _broker_models_error(url, exc) from None
-        models = _models_of(payload)
+        try:
+            caps = parse_broker_models(payload, settings.default_token_cap)
+        except GonkaError as exc:
+            raise GonkaConfigError(
+                "models",
+                f"cannot read the models of the broker at {url} ({exc}); pass models=[...]",
+            ) from None
+        models = list(caps)
     model_map = _model_map(models, model_name_prefix)
     if not model_map:
         raise GonkaConfigError("models", f"the broker at {url} lists no model; pass models=[...]")
-    endpoint = _broker_endpoint(mux, url, api_key, model_map, **endpoint_options)
+    endpoint, state = _broker_endpoint(mux, url, api_key, model_map, caps, settings)
+    broker = GonkaBroker(
+        mux,
+        endpoint,
+        state,
+        api_key,
+        catalog_managed=catalog_managed,
+        model_prefix=model_name_prefix,
+        status_interval=settings.status_interval,
+        catalog_interval=settings.catalog_interval,
+        timeout=timeout,
+    )
+    endpoint.client.broker = broker
     added: Endpoint = yield _on_mux_loop(mux, lambda: mux.register_endpoint(endpoint))
+    mux.on_close(broker.aclose)
+    yield _on_start(mux, broker.start)
     return added
 
 
@@ -975,14 +1168,28 @@ def add_gonka_broker(
     group: str = BROKER_GROUP,
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
     timeout: float = DEFAULT_TIMEOUT,
+    on_token_cap: str = "clamp",
+    default_token_cap: int | None = 4096,
+    allowed_fields: Iterable[str] | None = DEFAULT_BROKER_FIELDS,
+    unknown_fields: str = "drop",
+    status_interval: float | None = 10.0,
+    catalog_interval: float | None = 300.0,
 ) -> Endpoint:
     """Add a Gonka broker or devshard gateway (OpenAI-compatible, ``Authorization: Bearer``).
 
     ``base_url`` is its OpenAI base URL (``https://broker.example/v1``). ``models=None`` reads
-    the broker's ``/models``; a list registers those ids, a mapping ``{public: upstream}``
-    renames (brokers differ in model-id case). Model ids are the public names, so a broker
-    joins the same pools as signed participants. ``default_max_tokens`` is sent when a request
-    has none (brokers cap it, often at 3072-4096).
+    the broker's ``/models`` (and each model's ``max_completion_tokens`` cap) and follows the
+    catalog; a list registers those ids, a mapping ``{public: upstream}`` renames (brokers
+    differ in model-id case). Model ids are the public names, so a broker joins the same pools
+    as signed participants. ``default_max_tokens`` is sent when a request has none.
+
+    The broker's behaviours (see :mod:`gonka_mux.gonka.broker`): ``on_token_cap`` ``"clamp"``
+    or ``"raise"`` for a ``max_tokens`` above a model's cap (``default_token_cap`` when the
+    catalog gives none); ``allowed_fields`` (None: send every field) with ``unknown_fields``
+    ``"drop"`` or ``"refuse"``; 308 moves are followed and remembered; 409/503/504 and 429
+    (``Retry-After``) are transient; ``/v1/status`` is polled every ``status_interval``
+    seconds for load; the catalog is re-read every ``catalog_interval`` seconds (None: off).
+    ``broker_of(endpoint)`` gives the :class:`~gonka_mux.gonka.broker.GonkaBroker`.
     """
     return _run_sync(_broker(**locals()))
 
@@ -1002,6 +1209,12 @@ async def aadd_gonka_broker(
     group: str = BROKER_GROUP,
     request_timeout: float = DEFAULT_REQUEST_TIMEOUT,
     timeout: float = DEFAULT_TIMEOUT,
+    on_token_cap: str = "clamp",
+    default_token_cap: int | None = 4096,
+    allowed_fields: Iterable[str] | None = DEFAULT_BROKER_FIELDS,
+    unknown_fields: str = "drop",
+    status_interval: float | None = 10.0,
+    catalog_interval: float | None = 300.0,
 ) -> Endpoint:
     """Async twin of :func:`add_gonka_broker`."""
     return await _run_async(_broker(**locals()))

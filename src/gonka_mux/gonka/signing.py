@@ -19,8 +19,9 @@ does this: it is an auth callable ``(request) -> request`` that httpx and httpx2
 TAs judge ``X-Timestamp`` against their chain's latest block time (60 s back, 30 s ahead on
 mainnet), not wall time. :func:`gonka_auth_flow` wraps a :class:`GonkaAuth` into an httpx/httpx2
 ``Auth`` *flow* that, when a TA answers 400 "signature is too old / in the future", resyncs the
-clock once to that TA's ``/chain-rpc/status`` (:class:`ChainClockSync`) and resends the request
-re-signed with a new timestamp, inside the same SDK attempt.
+clock once (:class:`ChainClockSync`: to the HTTP ``Date`` of that very answer, or to
+``/chain-rpc/status`` where a host exposes it) and resends the request re-signed with a new
+timestamp, inside the same SDK attempt.
 
 Two backends produce identical bytes: coincurve (libsecp256k1, ``pip install gonka-mux[fast]``,
 about 30x faster) and python-ecdsa. ``backend="auto"`` picks coincurve when it is importable.
@@ -54,6 +55,7 @@ __all__ = [
     "available_backends",
     "default_clock",
     "gonka_auth_flow",
+    "http_date_ns",
     "http_library_of",
     "is_clock_skew_error",
     "make_signed_client",
@@ -417,20 +419,49 @@ def node_base_url(url: str) -> str:
     return f"{scheme}://{rest.split('/', 1)[0]}"
 
 
-class ChainClockSync:
-    """Aligns a :class:`NanoClock` to a TA's chain time after a timestamp rejection.
+def http_date_ns(value: str | None) -> int | None:
+    """Unix nanoseconds of an HTTP ``Date`` header (RFC 7231, whole seconds), or None."""
+    if not value:
+        return None
+    import email.utils
 
-    :meth:`resync` / :meth:`aresync` read ``/chain-rpc/status`` (``latest_block_time``) from the
-    node that answered, then from ``sources`` in order, and move the clock's offset to it.
-    Concurrent rejections share one read: a sync done less than ``min_interval`` seconds ago
-    counts as done (the caller just re-signs with the current offset).
+    try:
+        when = email.utils.parsedate_to_datetime(value.strip())
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when is None or when.tzinfo is None:
+        return None
+    return int(when.timestamp()) * 1_000_000_000
+
+
+class ChainClockSync:
+    """Aligns a :class:`NanoClock` to a TA's time after a timestamp rejection.
+
+    TAs judge ``X-Timestamp`` against their chain's latest block time. Hosts do not expose chain
+    time by default (``/chain-rpc/`` is closed on hosts since v0.2.8), but every answer carries
+    the host's clock in its HTTP ``Date`` header, and a host's clock follows the chain's block
+    times within a block or two. So :meth:`resync` / :meth:`aresync`:
+
+    1. read the ``Date`` of the very 400 that complained: when it differs from our clock by
+       more than ``date_tolerance`` seconds, *we* are off, and the clock moves to it;
+    2. otherwise (our clock agrees with the host's: the chain itself lags, e.g. it stalled), or
+       with no ``Date``, read ``/chain-rpc/status`` (``latest_block_time``) from the node that
+       answered, then from ``sources``, where it answers; a host that answers 404 there is
+       remembered and not asked again.
+
+    Concurrent rejections share one resync: one done less than ``min_interval`` seconds ago
+    counts as done (the caller just re-signs with the current offset). ``last_source`` says what
+    the last successful resync used (``"date"`` or ``"chain-rpc"``).
     """
 
     __slots__ = (
+        "_closed",
         "_last_sync",
         "_lock",
         "_pending",
         "clock",
+        "date_tolerance",
+        "last_source",
         "min_interval",
         "sources",
         "syncs",
@@ -444,58 +475,92 @@ class ChainClockSync:
         sources: Sequence[str] = (),
         min_interval: float = 1.0,
         timeout: float = 5.0,
+        date_tolerance: float = 3.0,
     ) -> None:
         self.clock = clock
         self.sources = tuple(s.rstrip("/") for s in sources)
         self.min_interval = min_interval
         self.timeout = timeout
-        self.syncs = 0  # successful chain-time reads (for stats and tests)
+        self.date_tolerance = date_tolerance
+        self.syncs = 0  # successful resyncs (for stats and tests)
+        self.last_source: str | None = None
+        self._closed: set[str] = set()  # nodes whose /chain-rpc/ answered 404 (closed)
         self._last_sync = float("-inf")
         self._lock = threading.Lock()  # one sync read at a time (sync clients)
         self._pending: Any = None  # the async read in progress, awaited by concurrent callers
 
     def _targets(self, request_url: str) -> list[str]:
-        return list(dict.fromkeys([node_base_url(request_url), *self.sources]))
+        targets = dict.fromkeys([node_base_url(request_url), *self.sources])
+        return [t for t in targets if t not in self._closed]
 
     def _recent(self) -> bool:
         return time.monotonic() - self._last_sync < self.min_interval
 
-    def _apply(self, status: Any, observed_at: int) -> bool:
-        before = self.clock.offset_seconds
-        after = self.clock.sync_to(status.latest_block_time_ns, local_ns=observed_at)
+    def _record(self, source: str, before: float, after: float) -> bool:
         self._last_sync = time.monotonic()
         self.syncs += 1
+        self.last_source = source
         logger.info(
-            "Gonka clock resynced to chain time: offset %+.3f s (was %+.3f s)", after, before
+            "Gonka clock resynced to the TA's time (%s): offset %+.3f s (was %+.3f s)",
+            "its HTTP Date" if source == "date" else "/chain-rpc/status",
+            after,
+            before,
         )
         return True
 
-    def resync(self, request_url: str) -> bool:
-        """Sync from the answering node (then ``sources``); False when none could be read."""
+    def _apply_chain(self, status: Any, observed_at: int) -> bool:
+        before = self.clock.offset_seconds
+        after = self.clock.sync_to(status.latest_block_time_ns, local_ns=observed_at)
+        return self._record("chain-rpc", before, after)
+
+    def _apply_date(self, date: str | None, observed_at: int | None) -> bool:
+        """Move to the host's clock when we disagree with it by more than the tolerance."""
+        host_ns = http_date_ns(date)
+        if host_ns is None:
+            return False
+        local = time.time_ns() if observed_at is None else observed_at
+        # Date has whole seconds: the host's clock was somewhere in [Date, Date + 1 s)
+        offset_ns = host_ns + 500_000_000 - local
+        before = self.clock.offset_seconds
+        if abs(offset_ns / 1e9 - before) <= self.date_tolerance:
+            return False  # we agree with the host: the chain lags, Date cannot help
+        after = self.clock.sync_to(host_ns + 500_000_000, local_ns=local)
+        return self._record("date", before, after)
+
+    def resync(
+        self, request_url: str, date: str | None = None, observed_at: int | None = None
+    ) -> bool:
+        """Resync after a rejection from ``request_url`` whose ``Date`` header was ``date``
+        (received at local time ``observed_at`` ns); False when nothing could help."""
         if self._recent():
             return True
         with self._lock:
             if self._recent():  # another thread just did it
                 return True
-            return self._resync_now(request_url)
+            return self._apply_date(date, observed_at) or self._resync_chain(request_url)
 
-    def _resync_now(self, request_url: str) -> bool:
+    def _resync_chain(self, request_url: str) -> bool:
         from .discovery import fetch_chain_status
-        from .errors import GonkaError
+        from .errors import GonkaDiscoveryError, GonkaError
 
         for target in self._targets(request_url):
             started = time.time_ns()
             try:
                 status = fetch_chain_status(target, timeout=self.timeout)
             except GonkaError as exc:
-                logger.warning("cannot read chain time from %s: %s", target, exc)
+                self._chain_unreadable(target, exc, GonkaDiscoveryError)
                 continue
-            return self._apply(status, (started + time.time_ns()) // 2)
+            return self._apply_chain(status, (started + time.time_ns()) // 2)
+        self._give_up(request_url)
         return False
 
-    async def aresync(self, request_url: str) -> bool:
+    async def aresync(
+        self, request_url: str, date: str | None = None, observed_at: int | None = None
+    ) -> bool:
         """Async twin of :meth:`resync`; concurrent callers on one loop share one read."""
         if self._recent():
+            return True
+        if self._apply_date(date, observed_at):
             return True
         import asyncio
 
@@ -506,7 +571,7 @@ class ChainClockSync:
         future = loop.create_future()
         self._pending = future
         try:
-            ok = await self._aresync_now(request_url)
+            ok = await self._aresync_chain(request_url)
         except BaseException:
             future.set_result(False)
             raise
@@ -516,19 +581,38 @@ class ChainClockSync:
         future.set_result(ok)
         return ok
 
-    async def _aresync_now(self, request_url: str) -> bool:
+    async def _aresync_chain(self, request_url: str) -> bool:
         from .discovery import afetch_chain_status
-        from .errors import GonkaError
+        from .errors import GonkaDiscoveryError, GonkaError
 
         for target in self._targets(request_url):
             started = time.time_ns()
             try:
                 status = await afetch_chain_status(target, timeout=self.timeout)
             except GonkaError as exc:
-                logger.warning("cannot read chain time from %s: %s", target, exc)
+                self._chain_unreadable(target, exc, GonkaDiscoveryError)
                 continue
-            return self._apply(status, (started + time.time_ns()) // 2)
+            return self._apply_chain(status, (started + time.time_ns()) // 2)
+        self._give_up(request_url)
         return False
+
+    def _chain_unreadable(self, target: str, exc: Exception, discovery_error: type) -> None:
+        status = getattr(exc, "status_code", None) if isinstance(exc, discovery_error) else None
+        if status == 404:
+            self._closed.add(target)  # closed, as on every host since v0.2.8: do not ask again
+            logger.debug("%s does not expose /chain-rpc/ (404)", target)
+        else:
+            logger.debug("chain time unreadable from %s: %s", target, exc)
+
+    def _give_up(self, request_url: str) -> None:
+        logger.warning(
+            "%s rejected the request timestamp, and resyncing could not help: the host's own "
+            "clock (HTTP Date) agrees with ours within %g s, and no host exposes its chain time "
+            "(/chain-rpc/ is closed by default). The chain is probably lagging or stalled; "
+            "other TAs are tried.",
+            node_base_url(request_url),
+            self.date_tolerance,
+        )
 
     def __repr__(self) -> str:
         return f"ChainClockSync(clock={self.clock!r}, syncs={self.syncs})"
@@ -574,8 +658,12 @@ class _GonkaAuthFlowMixin:
         sync = self.clock_sync
         if sync is None or response.status_code != 400:
             return
+        observed_at = time.time_ns()
         response.read()
-        if is_clock_skew_error(400, response.content) and sync.resync(str(request.url)):
+        date = response.headers.get("date")
+        if is_clock_skew_error(400, response.content) and sync.resync(
+            str(request.url), date, observed_at
+        ):
             yield self.auth(request)  # a new timestamp, so a new signature
 
     async def async_auth_flow(self, request: Any) -> AsyncGenerator[Any, Any]:
@@ -584,8 +672,12 @@ class _GonkaAuthFlowMixin:
         sync = self.clock_sync
         if sync is None or response.status_code != 400:
             return
+        observed_at = time.time_ns()
         await response.aread()
-        if is_clock_skew_error(400, response.content) and await sync.aresync(str(request.url)):
+        date = response.headers.get("date")
+        if is_clock_skew_error(400, response.content) and await sync.aresync(
+            str(request.url), date, observed_at
+        ):
             yield self.auth(request)
 
     def __repr__(self) -> str:

@@ -13,31 +13,63 @@ network, chain or GPU::
         client = make_signed_client(found.participants[0], None, signer, async_=False)
         client.chat.completions.create(model="Qwen/Fake-7B", messages=[...], max_tokens=16)
         net.advance_to_next_epoch()                       # block height jumps to the switch
-        net.set_chain_time_offset(-45)                    # chain lags: signatures drift "too old"
-        net.retire_classic_api()                          # every TA answers 410 Gone
+        net.set_chain_time_offset(-45)                    # chain lags: "in the future" (400)
+        net.retire_classic_api()                          # 410 deprecated, as mainnet today
 
 What runs: one *seed node* (``net.source_url``; discovery routes only, never faulted) and one
 HTTP server per participant (``net.participants[i].url``), all on ONE background thread with
-its own event loop, built on :mod:`gonka_mux.testing._server`. Every node serves the discovery
-routes of a real ``decentralized-api`` host; participants also serve inference:
+its own event loop, built on :mod:`gonka_mux.testing._server`.
+
+**Hosts as they run today** (``host_profile="v0.2.14"``, the default; checked against the node's
+``decentralized-api`` ``internal/server/public/server.go`` and ``proxy/entrypoint.sh``):
+
+* ``/chain-rpc/`` and ``/chain-api/`` are closed, as nginx closes them on every host since
+  v0.2.8 unless the operator opens them: 404 ``Chain RPC Disabled`` / ``Chain API Disabled``
+  (:meth:`FakeGonkaNetwork.set_chain_routes` or ``chain_routes=True`` opens them);
+* every answer carries the host's clock in an HTTP ``Date`` header: the test's clock plus the
+  chain-time offset (hosts keep time with the validators; a frozen, stalled chain does not
+  stop it);
+* a retired classic path (:meth:`FakeGonkaNetwork.retire_classic_api`; every mainnet host since
+  v0.2.14) answers POST ``/v1/chat/completions``, POST ``/v1/completions`` and GET
+  ``/v1/chat/completions`` with 410
+  ``{"error": "deprecated", "message": "classic inference is deprecated; use devshard"}`` and
+  the ``Deprecation: true`` / ``Link: </devshard/{version}>; rel="successor-version"`` headers;
+  ``/v1/devshard/*`` answers 410 likewise;
+* the prompt size counts UTF-8 bytes plus one ``\n`` per message, and the escrow takes
+  ``max_tokens`` only (5000 when absent; ``max_completion_tokens`` is not read);
+* only ``/api/v1/...`` is mapped to ``/v1/...`` (nginx), not ``/api/chain-rpc/``.
+
+The classic path itself is still *served* by default (mainnet retired it, private networks and
+forks did not), so that the signed path can be tested. ``host_profile="legacy"`` keeps the old
+fake: chain routes open, character counting, ``max_completion_tokens`` escrowed, a plain 410
+without the deprecation marker, ``/api`` stripped everywhere.
+
+Every node serves the discovery routes of a real ``decentralized-api`` host; participants also
+serve inference:
 
 * ``GET /v1/epochs/latest``; ``GET /v1/epochs/{current|N}/participants`` (epoch ``N+1`` is
   readable from its ``poc_validation_end``, 404 before; with a valid ICS23 proof and block);
 * ``GET /v1/identity``, ``/v1/models``, ``/v1/status``, ``/v1/pricing``, ``/v2/accounts/{a}``;
 * ``GET /chain-api/productscience/inference/inference/params`` (TA allowlist, timestamp window)
-  and ``GET /chain-rpc/status`` (``latest_block_time`` = the controllable chain time);
+  and ``GET /chain-rpc/status`` (``latest_block_time`` = the controllable chain time), where
+  open;
+* ``GET /v1/chat/completions`` (400 without ``?id=``; 410 when retired);
 * ``POST /v1/chat/completions`` and ``/v1/completions`` (participants only).
 
 An inference request goes through the Transfer Agent checks in the node's order, each answering
 ``{"error": "<message>"}`` with the documented status (``fixtures/gonka/...errors.json``):
 
-1. classic API retired (:meth:`FakeGonkaNetwork.retire_classic_api`) -> 410;
+1. classic API retired -> 410 (above);
 2. body not JSON -> 400 ``invalid chat completion request: ...``; no messages -> 400
    ``messages is required``;
 3. TA allowlist non-empty and this participant not on it -> 403 ``Transfer Agent not allowed``;
+   a host that left the effective epoch, with :meth:`FakeGonkaNetwork.set_departed_refusal`
+   -> 403 in its own words;
 4. no ``Authorization`` -> 401 ``Authorization is required``; ``X-Inference-Id`` and ``X-Seed``
    both sent (the node's executor path) -> 401 ``Unable to validate request against
-   TransferSignature:invalid signature``; no model -> 400 ``No model specified``;
+   TransferSignature:invalid signature``; no model -> 400 ``No model specified``; the developer
+   gate (:meth:`FakeGonkaNetwork.set_developer_gate`) -> 403 ``inference requests are restricted
+   until block height N``;
 5. requester account: unknown address -> **500** ``rpc error: code = NotFound desc = account not
    found``; known but without a public key -> 500 ``... account has no public key`` (what the
    node returns for its failed gRPC account lookup);
@@ -45,7 +77,7 @@ An inference request goes through the Transfer Agent checks in the node's order,
    64-byte ``r||s``, high-S rejected, message ``hex(sha256(body)) + ts + TA address``) -> 401
    ``Unable to validate request against PubKey:invalid signature``;
 7. model not served in the effective epoch -> 404 ``model not found``;
-8. balance < (prompt characters + max_tokens, default 5000) x ``price_per_token`` -> 402
+8. balance < (prompt size + max_tokens, default 5000) x ``price_per_token`` -> 402
    ``Insufficient balance`` (nothing is charged);
 9. ``X-Timestamp`` vs chain time: older than ``timestamp_expiration`` (60 s) -> 400
    ``signature is too old``; newer than ``timestamp_advance`` (30 s) -> 400
@@ -75,8 +107,9 @@ Epoch ``N`` starts its PoC at block ``N * epoch_length``; stage heights follow t
 arithmetic with small, fake-sized durations (see :class:`EpochSchedule`).
 
 ``net.requests`` records every request each node received (:class:`GonkaRequestRecord`: node,
-path, headers, body, the status answered and the error message). A Bearer-key *broker*
-(OpenAI-compatible, ``Authorization: Bearer <key>``) is started by
+path, headers, body, the status answered and the error message). A broker / devshard gateway
+(:class:`~gonka_mux.testing.fake_broker.FakeBroker`: Bearer key, per-model caps, strict fields,
+308 moves, 409/429/503/504, ``/v1/status``, accounting) is started by
 :meth:`~FakeGonkaNetwork.start_broker`.
 
 Signatures are verified with the ``cryptography`` package (in the ``test`` extra), independently
@@ -95,7 +128,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gonka_mux.gonka.keys import address_from_public_key
 from gonka_mux.testing._server import (
@@ -108,6 +141,9 @@ from gonka_mux.testing._server import (
 )
 from gonka_mux.testing.fake_backend import FakeBackend, Faults, StatusError, _LoopThread
 
+if TYPE_CHECKING:
+    from gonka_mux.testing.fake_broker import FakeBroker
+
 __all__ = [
     "EpochSchedule",
     "FakeAccount",
@@ -118,6 +154,29 @@ __all__ = [
 
 SECP256K1_ORDER = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
 DEFAULT_MAX_TOKENS = 5000  # what the node reserves when a request has no max_tokens
+# What a host answers, as of v0.2.14 (decentralized-api internal/server/public/server.go), for
+# the retired classic paths (every host, since block 5195700, July 23 2026).
+HOST_PROFILES = ("v0.2.14", "legacy")
+CLASSIC_DEPRECATED_BODY = {
+    "error": "deprecated",
+    "message": "classic inference is deprecated; use devshard",
+}
+DEVSHARD_V1_DEPRECATED_BODY = {
+    "error": "deprecated",
+    "message": "/v1/devshard is deprecated; use /devshard/{version}",
+}
+DEPRECATION_HEADERS = (
+    ("Deprecation", "true"),
+    ("Link", '</devshard/{version}>; rel="successor-version"'),
+)
+# The old fake's 410 wording (host_profile="legacy").
+LEGACY_RETIRED_MESSAGE = (
+    "classic inference API is retired on this host: use a broker or a devshard gateway "
+    "(/devshard/v3)"
+)
+# nginx on a host since v0.2.8 (proxy/entrypoint.sh): chain routes answer this unless the
+# operator sets DISABLE_CHAIN_RPC / DISABLE_CHAIN_API to false.
+CHAIN_ROUTE_DISABLED = {"/chain-rpc/": "Chain RPC Disabled", "/chain-api/": "Chain API Disabled"}
 PROOF_MODES = ("valid", "missing", "bad_app_hash", "tampered_list")
 WIRE_SHAPES = ("current", "v0_2_15")
 CHAT_PATHS = ("/v1/chat/completions", "/v1/completions")
@@ -337,20 +396,45 @@ def _rfc3339(ns: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{fraction:09d}Z"
 
 
-def _prompt_chars(body: Mapping[str, Any]) -> int:
+def _prompt_size(body: Mapping[str, Any], *, utf8: bool = True) -> int:
+    """The node's prompt-size estimate: the UTF-8 bytes of the message contents plus one
+    ``\n`` per message (``utf8=False``: the legacy fake's character count, no separators)."""
+
+    def size(text: str) -> int:
+        return len(text.encode("utf-8", "surrogatepass")) if utf8 else len(text)
+
     total = 0
     for message in body.get("messages") or ():
         content = message.get("content") if isinstance(message, Mapping) else None
         if isinstance(content, str):
-            total += len(content)
+            total += size(content)
         elif isinstance(content, list):
             total += sum(
-                len(part.get("text") or "") for part in content if isinstance(part, Mapping)
+                size(str(part.get("text") or "")) for part in content if isinstance(part, Mapping)
             )
+        if utf8:
+            total += 1  # the "\n" joining the messages
     prompt = body.get("prompt")
     if isinstance(prompt, str):
-        total += len(prompt)
+        total += size(prompt)
     return total
+
+
+def _escrow_tokens(body: Mapping[str, Any], *, legacy: bool = False) -> int:
+    """``max_tokens`` the node escrows for: the request's ``max_tokens`` only (5000 when
+    absent); the legacy fake also took ``max_completion_tokens``."""
+    value = body.get("max_tokens")
+    if legacy and not value:
+        value = body.get("max_completion_tokens")
+    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+        return DEFAULT_MAX_TOKENS
+    return value
+
+
+def _http_date(ns: int) -> str:
+    import email.utils
+
+    return email.utils.formatdate(ns / 1e9, usegmt=True)
 
 
 def _stringify_ints(value: Any) -> Any:
@@ -559,11 +643,7 @@ class FakeParticipant:
     async def _inference(self, request: Request) -> Response | StreamingResponse:
         net = self.network
         if net.classic_api_retired:
-            return _gonka_error(
-                410,
-                "classic inference API is retired on this host: use a broker or a devshard "
-                "gateway (/devshard/v3)",
-            )
+            return net._retired_answer()
         try:
             body = json.loads(request.body)
         except (ValueError, UnicodeDecodeError) as exc:
@@ -575,6 +655,10 @@ class FakeParticipant:
         allowlist = net.allowlist
         if allowlist and self.address not in allowlist:
             return _gonka_error(403, "Transfer Agent not allowed")
+        refusal = net.departed_refusal
+        if refusal is not None and self.address not in net._roster_addresses(net.current_epoch):
+            # A host that left the effective epoch refuses in its own words.
+            return _gonka_error(403, refusal.format(address=self.address))
         authorization = request.headers.get("authorization", "")
         if not authorization:
             return _gonka_error(401, "Authorization is required")
@@ -586,6 +670,9 @@ class FakeParticipant:
         model = body.get("model")
         if not isinstance(model, str) or not model:
             return _gonka_error(400, "No model specified")
+        gate = net.developer_gate_height
+        if gate is not None and net.block_height < gate:
+            return _gonka_error(403, f"inference requests are restricted until block height {gate}")
         requester = request.headers.get("x-requester-address", "")
         account = net.accounts.get(requester)
         if account is None:
@@ -601,10 +688,10 @@ class FakeParticipant:
             return _gonka_error(401, "Unable to validate request against PubKey:invalid signature")
         if model not in net.epoch_models():
             return _gonka_error(404, "model not found")
-        max_tokens = body.get("max_tokens") or body.get("max_completion_tokens")
-        if not isinstance(max_tokens, int) or max_tokens <= 0:
-            max_tokens = DEFAULT_MAX_TOKENS
-        if (_prompt_chars(body) + max_tokens) * net.price_per_token > account.balance:
+        legacy = net.host_profile == "legacy"
+        max_tokens = _escrow_tokens(body, legacy=legacy)
+        prompt = _prompt_size(body, utf8=not legacy)
+        if (prompt + max_tokens) * net.price_per_token > account.balance:
             return _gonka_error(402, "Insufficient balance")
         chain_ns = net.chain_time_ns()
         if chain_ns - timestamp > net.timestamp_expiration * 1_000_000_000:
@@ -694,7 +781,12 @@ class FakeGonkaNetwork:
         proof_mode: str = "valid",
         models_shape: str = "openai",
         seed: int = 0,
+        host_profile: str = "v0.2.14",
+        chain_routes: bool | None = None,
+        departed_refusal: str | None = None,
     ) -> None:
+        if host_profile not in HOST_PROFILES:
+            raise ValueError(f"host_profile must be one of {HOST_PROFILES}")
         if n_participants < 0:
             raise ValueError("n_participants must be >= 0")
         if participant_models is not None and len(participant_models) != n_participants:
@@ -716,6 +808,11 @@ class FakeGonkaNetwork:
         self.proof_mode = proof_mode
         self.models_shape = models_shape
         self.seed = seed
+        self.host_profile = host_profile
+        # v0.2.14 hosts keep /chain-rpc/ and /chain-api/ closed (nginx default since v0.2.8)
+        self.chain_routes = (host_profile == "legacy") if chain_routes is None else chain_routes
+        self.departed_refusal = departed_refusal
+        self.developer_gate_height: int | None = None
         self.classic_api_retired = False
         self.accounts: dict[str, FakeAccount] = {}
         self._lock = threading.RLock()
@@ -741,7 +838,7 @@ class FakeGonkaNetwork:
             self.allowlist = frozenset(allowlist)
         self._thread: _LoopThread | None = None
         self._seed_server: HTTPServer | None = None
-        self._brokers: list[FakeBackend] = []
+        self._brokers: list[FakeBroker] = []
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -857,11 +954,15 @@ class FakeGonkaNetwork:
 
     def start_broker(
         self, api_key: str, *, models: Sequence[str] | None = None, **kwargs: Any
-    ) -> FakeBackend:
-        """Start an OpenAI-compatible broker requiring ``Authorization: Bearer <api_key>``
-        (a :class:`FakeBackend`; stopped with the network). Its ``url`` ends with ``/v1``."""
+    ) -> FakeBroker:
+        """Start a broker / devshard gateway requiring ``Authorization: Bearer <api_key>`` (a
+        :class:`~gonka_mux.testing.fake_broker.FakeBroker` serving the epoch's models; stopped
+        with the network; ``kwargs`` go to it). Its ``url`` ends with ``/v1``."""
+        from gonka_mux.testing.fake_broker import FakeBroker
+
         served = models if models is not None else sorted(self.epoch_models()) or ["fake-model"]
-        broker = FakeBackend(models=served, api_key=api_key, name="broker", **kwargs).start()
+        kwargs.setdefault("name", "broker")
+        broker = FakeBroker(api_key, models=served, **kwargs).start()
         self._brokers.append(broker)
         return broker
 
@@ -932,8 +1033,36 @@ class FakeGonkaNetwork:
         self._frozen_chain_ns = self.chain_time_ns() if at_ns is None else at_ns
 
     def retire_classic_api(self, retired: bool = True) -> None:
-        """Make every participant answer inference with 410 Gone (mainnet since v0.2.14)."""
+        """Make every host answer classic inference with 410 Gone, as mainnet does since
+        v0.2.14: ``{"error": "deprecated", "message": "classic inference is deprecated; use
+        devshard"}`` with ``Deprecation``/``Link`` headers (the legacy profile: the old fake's
+        plain 410)."""
         self.classic_api_retired = retired
+
+    def set_chain_routes(self, open_: bool) -> None:
+        """Open (``True``) or close ``/chain-rpc/`` and ``/chain-api/`` on every host. Closed is
+        what hosts do by default since v0.2.8: nginx answers 404 ``Chain RPC Disabled``."""
+        self.chain_routes = open_
+
+    def set_departed_refusal(self, message: str | None) -> None:
+        """Hosts that are not in the effective epoch refuse inference with 403 ``message``
+        (``{address}`` is replaced by theirs); ``None``: they keep serving."""
+        self.departed_refusal = message
+
+    def set_developer_gate(self, until_height: int | None) -> None:
+        """The chain-wide developer gate: every host answers 403 ``inference requests are
+        restricted until block height N`` while the block height is below ``until_height``."""
+        self.developer_gate_height = until_height
+
+    def host_time_ns(self) -> int:
+        """The hosts' wall clock (their HTTP ``Date``): the test's clock plus the chain-time
+        offset. A frozen (stalled) chain does not stop it."""
+        return time.time_ns() + self._chain_offset_ns
+
+    def _retired_answer(self) -> Response:
+        if self.host_profile == "legacy":
+            return _gonka_error(410, LEGACY_RETIRED_MESSAGE)
+        return Response.json(CLASSIC_DEPRECATED_BODY, 410, DEPRECATION_HEADERS)
 
     def set_allowlist(self, addresses: Iterable[str] | None) -> None:
         """Set the TA allowlist (empty/None: every node may act as TA)."""
@@ -954,6 +1083,9 @@ class FakeGonkaNetwork:
     def _roster(self, epoch: int) -> list[str] | None:
         known = [e for e in self._rosters if e <= epoch]
         return self._rosters[max(known)] if known else None
+
+    def _roster_addresses(self, epoch: int) -> list[str]:
+        return self._roster(epoch) or []
 
     def epoch_participants(self, epoch: int) -> list[FakeParticipant]:
         roster = self._roster(epoch) or []
@@ -1063,6 +1195,8 @@ class FakeGonkaNetwork:
         except BaseException as exc:
             self._record(node, request, None, f"no response ({type(exc).__name__})")
             raise
+        if isinstance(response, (Response, StreamingResponse)):
+            response.headers.append(("date", _http_date(self.host_time_ns())))
         error = None
         if isinstance(response, Response) and response.status >= 400:
             try:
@@ -1080,7 +1214,26 @@ class FakeGonkaNetwork:
         return await self._recorded("seed", request, self._discovery(request, None))
 
     async def _discovery(self, request: Request, node: FakeParticipant | None) -> Response:
-        path = request.path.removeprefix("/api")  # nginx also serves /api/v1/...
+        path = request.path
+        if self.host_profile == "legacy":
+            path = path.removeprefix("/api")
+        elif path.startswith("/api/v1/"):
+            path = path.removeprefix("/api")  # nginx maps /api/v1/ to the dapi's /v1/
+        if path.startswith(("/chain-rpc/", "/chain-api/")) and not self.chain_routes:
+            text = CHAIN_ROUTE_DISABLED[path[: path.index("/", 1) + 1]]
+            return Response(text, 404)
+        if self.host_profile != "legacy" and (
+            path == "/v1/devshard" or path.startswith("/v1/devshard/")
+        ):
+            return Response.json(DEVSHARD_V1_DEPRECATED_BODY, 410, DEPRECATION_HEADERS)
+        classic = path in CHAT_PATHS and (request.method == "POST" or path == CHAT_PATHS[0])
+        if classic:  # server.go routes POST of both paths and GET of chat/completions
+            if self.classic_api_retired:
+                return self._retired_answer()
+            if request.method == "GET":
+                return _gonka_error(400, "inference id is required (GET ?id=<inference id>)")
+            if node is None:
+                return _gonka_error(404, "this node is not a participant")
         if request.method != "GET":
             return _gonka_error(405, f"method {request.method} not allowed")
         if path == "/v1/status":
