@@ -6,7 +6,7 @@ c=1 <= 0.2 ms; client CPU per request <= 1.1x the direct client's; a streamed re
 medians over rounds. ``--metering`` adds the metering extension (issue 4's target: throughput
 stays >= 0.95x with metering on).
 
-Run: python bench/overhead.py [--requests 2000] [--rounds 5] [--metering]
+Run: python bench/overhead.py [--requests 2000] [--rounds 5] [--metering [--no-journal]]
 """
 
 from __future__ import annotations
@@ -63,7 +63,11 @@ async def main(args: argparse.Namespace) -> int:
         meter = None
         if args.metering:
             Path(args.metering_db).unlink(missing_ok=True)  # noqa: ASYNC240 - setup, not timed
-            meter = mux.enable_metering(path=Path(args.metering_db))
+            # The crash journal (records survive SIGKILL) is on by default; --no-journal
+            # measures metering without it, to see what durability costs.
+            meter = mux.enable_metering(
+                path=Path(args.metering_db), journal=None if args.journal else False
+            )
         # warm up both (connections, imports, pydantic caches)
         await run_round(direct.chat.completions.create, 200, 8)
         await run_round(mux.chat.completions.create, 200, 8)
@@ -71,7 +75,7 @@ async def main(args: argparse.Namespace) -> int:
         print(
             f"openai {openai.__version__}, python {sys.version.split()[0]}, "
             f"{args.requests} requests x {args.rounds} rounds per cell"
-            + (", metering ON" if meter else "")
+            + (f", SQLite metering ON (journal {'on' if args.journal else 'off'})" if meter else "")
         )
         header = f"{'case':<22}{'direct':>12}{'mux':>12}{'ratio':>9}  target"
         print(header)
@@ -146,4 +150,10 @@ if __name__ == "__main__":
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--metering", action="store_true")
     parser.add_argument("--metering-db", default="/tmp/gonka-mux-bench-usage.db")
+    parser.add_argument(
+        "--no-journal",
+        dest="journal",
+        action="store_false",
+        help="with --metering: turn the metering crash journal off (to measure its cost)",
+    )
     sys.exit(asyncio.run(main(parser.parse_args())))

@@ -161,13 +161,15 @@ def test_gateway_cli_end_to_end(setup):
 
     # GONKA_ADMIN_API_KEY wins over the stored one.
     port3 = free_port()
-    env3 = {**env, "GONKA_ADMIN_API_KEY": "gmx_admin_from-env-1234567890"}
+    env3 = {**env, "GONKA_ADMIN_API_KEY": "gmx_admin_from-env-0123456789abcdefghijklmnopqrstuvwxyz"}
     args = ["gateway", "--config", str(config), "--host", "127.0.0.1", "--port", str(port3)]
     third = Gateway(args, env3, tmp_path / "third.log", port3)
     try:
         ok = httpx.get(
             f"{third.url}/admin/keys",
-            headers={"Authorization": "Bearer gmx_admin_from-env-1234567890"},
+            headers={
+                "Authorization": "Bearer gmx_admin_from-env-0123456789abcdefghijklmnopqrstuvwxyz"
+            },
         )
         old = httpx.get(f"{third.url}/admin/keys", headers={"Authorization": f"Bearer {admin_key}"})
         assert ok.status_code == 200 and old.status_code == 401

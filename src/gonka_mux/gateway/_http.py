@@ -8,6 +8,7 @@ the request is relayed as it came.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 import re
@@ -27,6 +28,7 @@ __all__ = [
     "check_messages",
     "check_prompt",
     "check_type",
+    "dumps",
     "json_response",
     "optional_str",
     "read_json",
@@ -49,8 +51,12 @@ def _no_constants(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
-    """The request body as a JSON object; 413 past ``max_bytes``, 400 if not a JSON object."""
+# A JSON escape of a UTF-16 surrogate (\\uD800-\\uDFFF): only bodies containing one can
+# decode to a string with a lone surrogate, so only those are walked.
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+async def _read_body(request: Request, max_bytes: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > max_bytes:
         raise _too_large(max_bytes)
@@ -61,7 +67,44 @@ async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
         if size > max_bytes:
             raise _too_large(max_bytes)
         chunks.append(chunk)
-    raw = b"".join(chunks)
+    return b"".join(chunks)
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
+async def read_json(
+    request: Request, max_bytes: int, timeout: float | None = None
+) -> dict[str, Any]:
+    """The request body as a JSON object; 413 past ``max_bytes``, 408 when it takes longer
+    than ``timeout`` seconds to arrive, 400 if not a JSON object of valid UTF-8 text (a lone
+    surrogate, raw or escaped, anywhere in it is invalid)."""
+    if timeout is None:
+        raw = await _read_body(request, max_bytes)
+    else:
+        try:
+            async with asyncio.timeout(timeout):
+                raw = await _read_body(request, max_bytes)
+        except TimeoutError:
+            raise HTTPError(
+                408,
+                f"The request body did not arrive within {timeout:g} seconds.",
+                code="request_timeout",
+            ) from None
     if not raw.strip():
         raise HTTPError(
             400,
@@ -69,7 +112,13 @@ async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
             code="invalid_json",
         )
     try:
-        data = json.loads(raw, parse_constant=_no_constants)
+        text = raw.decode("utf-8")  # strict: json.loads(bytes) would let encoded surrogates in
+    except UnicodeDecodeError:
+        raise HTTPError(
+            400, "The request body is not valid UTF-8 text.", code="invalid_encoding"
+        ) from None
+    try:
+        data = json.loads(text, parse_constant=_no_constants)
     except (ValueError, RecursionError):
         raise HTTPError(
             400,
@@ -82,6 +131,13 @@ async def read_json(request: Request, max_bytes: int) -> dict[str, Any]:
             400,
             f"The request body must be a JSON object, not a JSON {type(data).__name__}.",
             code="invalid_json",
+        )
+    if _SURROGATE_ESCAPE.search(raw) and _has_lone_surrogate(data):
+        raise HTTPError(
+            400,
+            "The request body contains a lone UTF-16 surrogate escape (\\ud800-\\udfff "
+            "without its pair), which is not valid Unicode text.",
+            code="invalid_encoding",
         )
     return data
 
@@ -238,6 +294,25 @@ def _is_token(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def dumps(payload: Any) -> str:
+    """Strict JSON text: a non-finite float (NaN, Infinity) becomes null, never a bare token
+    that JSON parsers refuse."""
+    try:
+        return json.dumps(payload, ensure_ascii=False, default=str, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(payload), ensure_ascii=False, default=str, allow_nan=False)
+
+
 def json_response(
     payload: Any, status: int = 200, headers: Mapping[str, str] | None = None
 ) -> Response:
@@ -247,5 +322,5 @@ def json_response(
         # list[float]; they are relayed as they came.
         content = payload.model_dump_json(exclude_unset=True, warnings=False)
     else:
-        content = json.dumps(payload, ensure_ascii=False, default=str)
+        content = dumps(payload)
     return Response(content, status_code=status, headers=headers, media_type="application/json")

@@ -17,15 +17,14 @@ can only be read by the key that submitted it, so tenants never see each other's
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from gonka_mux.webhooks import JobNotFoundError, generate_secret
+from gonka_mux.webhooks.delivery import PrivateAddressError, check_webhook_url
 
 from . import _http
 from .errors import HTTPError
@@ -44,26 +43,21 @@ def _not_configured(what: str) -> HTTPError:
 
 def _check_webhook_host(url: str, allow_private: bool) -> None:
     """Refuse webhook targets on loopback/private addresses unless the operator allows them:
-    otherwise any tenant could make the gateway POST into its own network."""
-    if allow_private:
-        return
-    host = (urlsplit(url).hostname or "").lower()
-    if host == "localhost" or host.endswith(".localhost"):
-        private = True
-    else:
-        try:
-            address = ipaddress.ip_address(host)
-        except ValueError:
-            return  # a DNS name: the operator's network policy has to cover those
-        private = not address.is_global
-    if private:
+    otherwise any tenant could make the gateway POST into its own network. Literal addresses
+    (in every form the OS resolver accepts) are refused here; DNS names are resolved and
+    checked again at delivery, which connects to the address it checked."""
+    try:
+        check_webhook_url(url, allow_private=allow_private)
+    except PrivateAddressError:
         raise HTTPError(
             400,
             "webhook_url points at a private or loopback address, which this gateway does not "
-            "call (its operator can allow it with allow_private_webhooks=True).",
+            "call (its operator can allow it with allow_private_webhooks = true).",
             code="invalid_value",
             param="webhook_url",
-        )
+        ) from None
+    except ValueError as exc:
+        raise HTTPError(400, str(exc), code="invalid_value", param="webhook_url") from None
 
 
 def _int_param(request: Request, name: str, default: int, low: int, high: int) -> int:
@@ -102,7 +96,7 @@ def agent_routes(g: Gateway) -> list[tuple[str, Handler, list[str]]]:
         return g.services.memory
 
     async def memory_body(request: Request, allowed: set[str]) -> dict[str, Any]:
-        body = await _http.read_json(request, g.max_body_bytes)
+        body = await g.read_json(request)
         unknown = set(body) - allowed
         if unknown:
             name = sorted(unknown)[0]
@@ -162,14 +156,53 @@ def agent_routes(g: Gateway) -> list[tuple[str, Handler, list[str]]]:
         data = [_item(namespace, item) for item in items]
         return _http.json_response({"object": "list", "data": data})
 
+    async def admit_write(key: Any) -> None:
+        """A memory write is a request of the key: it counts against the key's rate limit."""
+        limiter = g.services.limiter
+        if limiter is None:
+            return
+        reservation = await limiter.acquire(key.id, tokens=0, tier=key.tier, max_wait=0)
+        await reservation.asettle(0)
+
+    def entry_size(body: dict[str, Any]) -> int:
+        text = body.get("text")
+        size = len(text.encode("utf-8")) if isinstance(text, str) else 0
+        metadata = body.get("metadata")
+        if metadata is not None:
+            size += len(_http.dumps(metadata).encode("utf-8"))
+        return size
+
+    def check_quota(key: Any, namespace: str, item: str | None, size: int) -> None:
+        if size > g.max_memory_entry_bytes:
+            raise HTTPError(
+                413,
+                f"A memory entry may hold at most {g.max_memory_entry_bytes} bytes of text and "
+                f"metadata; this one has {size}. Split it into smaller entries.",
+                code="memory_entry_too_large",
+            )
+        exclude = None if item is None else (namespace, item)
+        used = g.keys.memory_used(key.id, exclude)
+        if used + size > g.memory_quota_bytes:
+            raise HTTPError(
+                413,
+                f"This API key's memory quota is full ({used} of {g.memory_quota_bytes} bytes "
+                "used); delete entries (DELETE /v1/memory/{namespace}/{key}) or ask the "
+                "operator for a larger memory_quota_bytes.",
+                code="memory_quota_exceeded",
+            )
+
     async def memory_add(request: Request) -> Response:
         key = g.authenticate(request)
         store = memory_store()
         namespace = request.path_params["namespace"]
         body = await memory_body(request, {"text", "metadata"})
+        size = entry_size(body)
+        check_quota(key, namespace, None, size)
+        await admit_write(key)
         new_key = await store.aput(
             g.scoped(key, namespace), body.get("text"), None, body.get("metadata")
         )
+        g.keys.memory_set(key.id, namespace, new_key, size)
         return _http.json_response({"namespace": namespace, "key": new_key}, 201)
 
     async def memory_put(request: Request) -> Response:
@@ -177,7 +210,11 @@ def agent_routes(g: Gateway) -> list[tuple[str, Handler, list[str]]]:
         store = memory_store()
         namespace, item_key = request.path_params["namespace"], request.path_params["key"]
         body = await memory_body(request, {"text", "metadata"})
+        size = entry_size(body)
+        check_quota(key, namespace, item_key, size)
+        await admit_write(key)
         await store.aput(g.scoped(key, namespace), body.get("text"), item_key, body.get("metadata"))
+        g.keys.memory_set(key.id, namespace, item_key, size)
         return _http.json_response({"namespace": namespace, "key": item_key})
 
     async def memory_get(request: Request) -> Response:
@@ -199,6 +236,7 @@ def agent_routes(g: Gateway) -> list[tuple[str, Handler, list[str]]]:
             raise HTTPError(
                 404, f"No memory entry {item_key!r} in {namespace!r}.", code="not_found"
             )
+        g.keys.memory_forget(key.id, namespace, item_key)
         return _http.json_response({"namespace": namespace, "key": item_key, "deleted": True})
 
     async def memory_search(request: Request) -> Response:
@@ -222,7 +260,7 @@ def agent_routes(g: Gateway) -> list[tuple[str, Handler, list[str]]]:
         key = g.authenticate(request)
         if not g.services.has_jobs:
             raise _not_configured("Background jobs (webhooks)")
-        body = await _http.read_json(request, g.max_body_bytes)
+        body = await g.read_json(request)
         unknown = set(body) - {"request", "webhook_url", "webhook_secret"}
         if unknown:
             name = sorted(unknown)[0]

@@ -51,6 +51,9 @@ log = logging.getLogger("gonka_mux.gateway")
 
 Handler = Callable[[Request], Awaitable[Response]]
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
+DEFAULT_BODY_TIMEOUT = 30.0
+DEFAULT_MEMORY_QUOTA = 64 * 1024 * 1024
+DEFAULT_MEMORY_ENTRY = 1024 * 1024
 
 
 def _guarded(handler: Handler) -> Handler:
@@ -80,6 +83,9 @@ class Gateway:
         max_body_bytes: int = DEFAULT_MAX_BODY,
         close_mux: bool = False,
         allow_private_webhooks: bool = False,
+        body_timeout: float | None = DEFAULT_BODY_TIMEOUT,
+        memory_quota_bytes: int = DEFAULT_MEMORY_QUOTA,
+        max_memory_entry_bytes: int = DEFAULT_MEMORY_ENTRY,
     ) -> None:
         if isinstance(mux, Multiplexer):
             raise TypeError(
@@ -93,9 +99,36 @@ class Gateway:
         self._admin_hash = hash_key(admin_key) if admin_key else keys.admin_key_hash()
         self.max_body_bytes = max_body_bytes
         self.close_mux = close_mux
+        if not isinstance(allow_private_webhooks, bool):
+            raise TypeError(
+                f"allow_private_webhooks must be True or False, got {allow_private_webhooks!r}"
+            )
+        for name, value in (
+            ("max_body_bytes", max_body_bytes),
+            ("memory_quota_bytes", memory_quota_bytes),
+            ("max_memory_entry_bytes", max_memory_entry_bytes),
+        ):
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise TypeError(f"{name} must be an integer number of bytes, got {value!r}")
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value!r}")
+        if body_timeout is not None and (
+            isinstance(body_timeout, bool)
+            or not isinstance(body_timeout, (int, float))
+            or not body_timeout > 0
+        ):
+            raise ValueError(f"body_timeout must be a number of seconds > 0, got {body_timeout!r}")
+        self.body_timeout = body_timeout
+        self.memory_quota_bytes = memory_quota_bytes
+        self.max_memory_entry_bytes = max_memory_entry_bytes
         self.allow_private_webhooks = allow_private_webhooks
+        _guard_webhooks(mux, allow_private_webhooks)
         self.services = Services(mux)
         self.started_at = time.time()
+
+    async def read_json(self, request: Request) -> dict[str, Any]:
+        """The body as a JSON object within the size and time limits (see ``_http.read_json``)."""
+        return await _http.read_json(request, self.max_body_bytes, self.body_timeout)
 
     # -- auth ------------------------------------------------------------------------------
     def authenticate(self, request: Request) -> ApiKey:
@@ -139,7 +172,7 @@ class Gateway:
     # -- OpenAI surface ---------------------------------------------------------------------
     async def chat_completions(self, request: Request) -> Response:
         key = self.authenticate(request)
-        body = await _http.read_json(request, self.max_body_bytes)
+        body = await self.read_json(request)
         _http.reject_forbidden(body)
         _http.require_model(body)
         _http.check_messages(body)
@@ -153,7 +186,7 @@ class Gateway:
 
     async def completions(self, request: Request) -> Response:
         key = self.authenticate(request)
-        body = await _http.read_json(request, self.max_body_bytes)
+        body = await self.read_json(request)
         _http.reject_forbidden(body)
         _http.require_model(body)
         _http.check_prompt(body, "prompt")
@@ -165,7 +198,7 @@ class Gateway:
 
     async def embeddings(self, request: Request) -> Response:
         key = self.authenticate(request)
-        body = await _http.read_json(request, self.max_body_bytes)
+        body = await self.read_json(request)
         _http.reject_forbidden(body)
         _http.require_model(body)
         _http.check_prompt(body, "input")
@@ -267,6 +300,20 @@ class Gateway:
         return _http.json_response(openapi_document())
 
 
+def _guard_webhooks(mux: Any, allow_private: bool) -> None:
+    """Make the Multiplexer's job runner refuse private webhook targets at delivery too (the
+    route refuses literal ones at submission; DNS names are checked when resolved)."""
+    feature = mux.features.get("jobs")
+    if feature is None:
+        mux.configure_jobs(allow_private_webhooks=allow_private)
+        return
+    runner = getattr(feature, "runner", None)
+    if runner is not None:
+        runner.allow_private_webhooks = allow_private
+    else:
+        feature.runner_options["allow_private_webhooks"] = allow_private
+
+
 def _bearer(request: Request) -> str | None:
     header = request.headers.get("authorization")
     if not header:
@@ -280,12 +327,30 @@ def _bearer(request: Request) -> str | None:
 
 async def _not_found(request: Request, exc: Exception) -> Response:
     status = getattr(exc, "status_code", 404)
+    headers: dict[str, str] = {}
     if status == 405:
         message = f"Method {request.method} is not allowed on {request.url.path}."
+        allowed = _allowed_methods(request)
+        if allowed:
+            headers["Allow"] = ", ".join(allowed)
     else:
         message = f"Unknown path {request.url.path}; see /openapi.json for the API."
         status = 404
-    return error_response(HTTPError(status, message, code="not_found" if status == 404 else None))
+    return error_response(
+        HTTPError(status, message, code="not_found" if status == 404 else None, headers=headers)
+    )
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """The methods the routes matching this path accept (for a 405's ``Allow`` header)."""
+    from starlette.routing import Match
+
+    methods: set[str] = set()
+    for route in request.app.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods.update(getattr(route, "methods", None) or ())
+    return sorted(methods)
 
 
 def create_app(
@@ -296,6 +361,9 @@ def create_app(
     max_body_bytes: int = DEFAULT_MAX_BODY,
     close_mux: bool = False,
     allow_private_webhooks: bool = False,
+    body_timeout: float | None = DEFAULT_BODY_TIMEOUT,
+    memory_quota_bytes: int = DEFAULT_MEMORY_QUOTA,
+    max_memory_entry_bytes: int = DEFAULT_MEMORY_ENTRY,
 ) -> Starlette:
     """An ASGI app serving ``mux`` (an :class:`~gonka_mux.AsyncMultiplexer`) over HTTP.
 
@@ -307,7 +375,10 @@ def create_app(
     config sections); a route whose feature is off answers 501. ``close_mux``: close the
     Multiplexer when the app shuts down. ``allow_private_webhooks``: let jobs post webhooks to
     loopback and private addresses (off by default, so tenants cannot reach the gateway's own
-    network).
+    network; checked at submission and, after resolving the host, at delivery).
+    ``body_timeout``: seconds a request body may take to arrive (408 after). Memory writes
+    count against the key's rate limit; ``memory_quota_bytes`` bounds what one key stores in
+    memory and ``max_memory_entry_bytes`` one entry (413 past either).
     """
     store = keys if isinstance(keys, KeyStore) else KeyStore(keys or ":memory:")
     gateway = Gateway(
@@ -317,6 +388,9 @@ def create_app(
         max_body_bytes=max_body_bytes,
         close_mux=close_mux,
         allow_private_webhooks=allow_private_webhooks,
+        body_timeout=body_timeout,
+        memory_quota_bytes=memory_quota_bytes,
+        max_memory_entry_bytes=max_memory_entry_bytes,
     )
     g = gateway
     routes = [
@@ -333,6 +407,11 @@ def create_app(
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # endpoint sources (vLLM nodes from the environment) start with the server, so /health
+        # is right before the first request
+        start = getattr(mux, "start", None)
+        if start is not None:
+            await start()
         try:
             yield
         finally:

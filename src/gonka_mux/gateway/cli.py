@@ -41,15 +41,87 @@ for _dependency in ("starlette", "uvicorn"):
 
 __all__ = ["register"]
 
-DEFAULT_HOST = "0.0.0.0"
+DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 9000
+DEFAULT_HEADER_TIMEOUT = 10.0
+DEFAULT_BODY_TIMEOUT = 30.0
+DEFAULT_KEEP_ALIVE = 5.0
+DEFAULT_MAX_CONNECTIONS = 1024
+MIN_ADMIN_KEY_CHARS = 32
 _GATEWAY_KEYS = {
     "host",
     "port",
     "keys_db",
     "max_body_bytes",
     "allow_private_webhooks",
+    "header_timeout",
+    "body_timeout",
+    "keep_alive_timeout",
+    "max_connections",
+    "memory_quota_bytes",
+    "max_memory_entry_bytes",
 }
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "kib": 1024,
+    "mib": 1024**2,
+    "gib": 1024**3,
+}
+
+
+def parse_size(value: Any, key: str) -> int:
+    """A byte count from a config value: an integer, or a string such as ``"16MiB"``,
+    ``"16MB"`` (decimal) or ``"4096"``. Raises :class:`ConfigError` otherwise."""
+    import re
+
+    expected = "a byte count such as 16777216, '16MiB' or '16MB'"
+    if isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    elif isinstance(value, str):
+        match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([A-Za-z]*)\s*", value)
+        unit = match.group(2).lower() if match else None
+        if match is None or unit not in _SIZE_UNITS:
+            raise ConfigError(f"got {value!r}", key=key, expected=expected)
+        number = int(float(match.group(1)) * _SIZE_UNITS[unit])
+    else:
+        raise ConfigError(f"got {value!r}", key=key, expected=expected)
+    if number < 1:
+        raise ConfigError(f"got {value!r}", key=key, expected="a positive byte count")
+    return number
+
+
+def _bool(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"got {value!r}", key=key, expected="true or false (a TOML boolean)")
+    return value
+
+
+def _seconds(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ConfigError(f"got {value!r}", key=key, expected="a number of seconds > 0")
+    return float(value)
+
+
+def _positive_int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"got {value!r}", key=key, expected="an integer >= 1")
+    return value
+
+
+def check_admin_key(value: str) -> None:
+    """Refuse an admin key too short or too uniform to resist guessing (at least 32
+    characters, at least 16 different ones: e.g. ``openssl rand -hex 32``)."""
+    if len(value) < MIN_ADMIN_KEY_CHARS or len(set(value)) < 16:
+        raise ConfigError(
+            "GONKA_ADMIN_API_KEY is too weak: use at least 32 random bytes, e.g. "
+            "`openssl rand -hex 32` or "
+            "`python -c 'import secrets; print(secrets.token_urlsafe(32))'`",
+            key="GONKA_ADMIN_API_KEY",
+        )
 
 
 def register(subparsers: Any) -> None:
@@ -188,7 +260,8 @@ def _keys(args: argparse.Namespace) -> int:
 def _admin_key(store: Any, new: bool) -> str | None:
     """The admin key to use; generated (and printed once) when none is set or stored."""
     from_env = os.environ.get("GONKA_ADMIN_API_KEY")
-    if from_env:
+    if from_env is not None:
+        check_admin_key(from_env)
         return from_env
     if store.admin_key_hash() is not None and not new:
         print(
@@ -217,6 +290,21 @@ def _enable_defaults(mux: Any) -> None:
         mux.enable_sessions()
     if getattr(mux, "memory", None) is None:
         mux.enable_memory()
+
+
+def _secure_state_dir() -> None:
+    """State files readable by this user only: files 0600 in a 0700 directory (the umask
+    covers every store the process opens; files from an older version are tightened)."""
+    os.umask(0o077)
+    directory = state_dir()
+    directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+    try:
+        directory.chmod(0o700)
+        for path in directory.iterdir():
+            if path.is_file() and not path.is_symlink():
+                path.chmod(0o600)
+    except OSError:  # not ours to change (a shared directory): the umask still applies
+        pass
 
 
 def _serve(args: argparse.Namespace) -> int:
@@ -248,6 +336,32 @@ def _serve(args: argparse.Namespace) -> int:
             raise ConfigError(
                 f"invalid port {port_text!r}", key="gateway.port", expected="0..65535"
             ) from None
+        max_body = parse_size(
+            section.get("max_body_bytes", DEFAULT_MAX_BODY), "gateway.max_body_bytes"
+        )
+        allow_private = _bool(
+            section.get("allow_private_webhooks", False), "gateway.allow_private_webhooks"
+        )
+        header_timeout = _seconds(
+            section.get("header_timeout", DEFAULT_HEADER_TIMEOUT), "gateway.header_timeout"
+        )
+        body_timeout = _seconds(
+            section.get("body_timeout", DEFAULT_BODY_TIMEOUT), "gateway.body_timeout"
+        )
+        keep_alive = _seconds(
+            section.get("keep_alive_timeout", DEFAULT_KEEP_ALIVE), "gateway.keep_alive_timeout"
+        )
+        max_connections = _positive_int(
+            section.get("max_connections", DEFAULT_MAX_CONNECTIONS), "gateway.max_connections"
+        )
+        memory_options: dict[str, int] = {}
+        for name in ("memory_quota_bytes", "max_memory_entry_bytes"):
+            if name in section:
+                memory_options[name] = parse_size(section[name], f"gateway.{name}")
+        from_env = os.environ.get("GONKA_ADMIN_API_KEY")
+        if from_env is not None:
+            check_admin_key(from_env)
+        _secure_state_dir()
         _enable_defaults(mux)
     except ConfigError as exc:
         return _fail(str(exc))
@@ -257,13 +371,27 @@ def _serve(args: argparse.Namespace) -> int:
         mux,
         keys=store,
         admin_key=admin_key,
-        max_body_bytes=int(section.get("max_body_bytes", DEFAULT_MAX_BODY)),
-        allow_private_webhooks=bool(section.get("allow_private_webhooks", False)),
+        max_body_bytes=max_body,
+        allow_private_webhooks=allow_private,
+        body_timeout=body_timeout,
         close_mux=True,
+        **memory_options,
     )
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=host, port=port, log_level=args.log_level, lifespan="on")
+    from .server import header_timeout_protocol
+
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level=args.log_level,
+        lifespan="on",
+        timeout_keep_alive=keep_alive,
+        limit_concurrency=max_connections,
+        server_header=False,
     )
+    config.load()
+    config.http_protocol_class = header_timeout_protocol(config.http_protocol_class, header_timeout)
+    server = uvicorn.Server(config)
     try:
         server.run()
     finally:

@@ -59,6 +59,13 @@ CREATE TABLE IF NOT EXISTS gateway_meta (
     name TEXT PRIMARY KEY,
     value TEXT NOT NULL
 );
+CREATE TABLE IF NOT EXISTS memory_usage (
+    key_id TEXT NOT NULL,
+    namespace TEXT NOT NULL,
+    item TEXT NOT NULL,
+    bytes INTEGER NOT NULL,
+    PRIMARY KEY (key_id, namespace, item)
+);
 """
 
 
@@ -260,6 +267,34 @@ class KeyStore:
                 "SELECT value FROM gateway_meta WHERE name = 'admin_key_hash'"
             ).fetchone()
         return None if row is None else str(row[0])
+
+    # -- per-key memory accounting (the gateway's storage quota) ---------------------------
+
+    def memory_used(self, key_id: str, exclude: tuple[str, str] | None = None) -> int:
+        """Bytes of memory entries stored by ``key_id`` (optionally not counting one entry,
+        ``(namespace, item)``, that is about to be replaced)."""
+        sql = "SELECT COALESCE(SUM(bytes), 0) FROM memory_usage WHERE key_id = ?"
+        params: list[Any] = [key_id]
+        if exclude is not None:
+            sql += " AND NOT (namespace = ? AND item = ?)"
+            params.extend(exclude)
+        with self._lock:
+            return int(self._conn.execute(sql, params).fetchone()[0])
+
+    def memory_set(self, key_id: str, namespace: str, item: str, size: int) -> None:
+        with self._lock:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO memory_usage (key_id, namespace, item, bytes) "
+                "VALUES (?, ?, ?, ?)",
+                (key_id, namespace, item, size),
+            )
+
+    def memory_forget(self, key_id: str, namespace: str, item: str) -> None:
+        with self._lock:
+            self._conn.execute(
+                "DELETE FROM memory_usage WHERE key_id = ? AND namespace = ? AND item = ?",
+                (key_id, namespace, item),
+            )
 
     def generate_admin_key(self) -> str:
         """Make a new admin key, store its hash (replacing any old one), return the plaintext."""

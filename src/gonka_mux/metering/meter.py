@@ -8,22 +8,44 @@ store. An ``atexit`` hook flushes a meter that was never closed, so a clean exit
 
 A store that fails (disk full, database locked) does not lose records: the batch goes back to
 the head of the queue and is retried with backoff; ``close()`` raises if it still cannot write.
+A record the store refuses for what it holds (a value SQLite cannot take) never blocks the
+others: the batch is written record by record, and the one that still fails is quarantined
+(logged, and kept in ``<journal>/quarantine.jsonl`` when there is a journal) instead of being
+retried for ever. (The SQLite store already replaces lone surrogates in text with U+FFFD.)
+
+Durability: with a journal (the default for :class:`SqliteUsageStore`: the directory
+``<db>.journal`` beside the database), ``record()`` also appends the record to a per-process
+journal file before returning: one ``os.write`` of a JSON line, no fsync. A process killed at
+any point (SIGKILL, OOM, a crash, SIGTERM without a clean shutdown) therefore keeps every
+record it accepted: the next Meter opened on the same store (any process) replays orphaned
+journal files into the store (writes are idempotent by ``request_id``) and deletes them. The
+writer rotates the journal on each flush and deletes a file once all its records are stored.
 """
 
 from __future__ import annotations
 
 import atexit
 import collections
+import json
 import logging
+import os
+import sqlite3
 import threading
 import time
+import uuid
 import weakref
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Protocol
 
 from .prices import Prices
-from .records import UsageRecord
-from .stores import SqliteUsageStore, UsageStore
+from .records import RECORD_FIELDS, UsageRecord
+from .stores import SqliteUsageStore, UsageStore, sanitize_record
+
+try:  # POSIX: a journal file is locked by the live process that writes it
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
 
 __all__ = ["Meter", "MeterClosedError", "UsageSink"]
 
@@ -49,6 +71,63 @@ class _FlushMarker:
     def __init__(self) -> None:
         self.done = threading.Event()
 
+    def complete(self) -> None:
+        self.done.set()
+
+
+class _JournalMarker:
+    """Queued when the journal rotates: once reached, every record in ``path`` is stored."""
+
+    __slots__ = ("fd", "path")
+
+    def __init__(self, fd: int, path: Path) -> None:
+        self.fd, self.path = fd, path
+
+    def complete(self) -> None:
+        try:
+            self.path.unlink(missing_ok=True)
+        finally:
+            os.close(self.fd)
+
+
+_Marker = _FlushMarker | _JournalMarker
+
+# Errors that say the store is unavailable (retry the batch later), as opposed to a record the
+# store cannot take (isolate it).
+_TRANSIENT = (OSError, sqlite3.OperationalError)
+
+
+def _record_line(record: UsageRecord) -> bytes:
+    # ensure_ascii: a lone surrogate becomes an escape, so the line is always valid UTF-8.
+    values = [getattr(record, name) for name in RECORD_FIELDS]
+    return (json.dumps(values, default=str, separators=(",", ":")) + "\n").encode("ascii")
+
+
+def _lock(fd: int) -> bool:
+    if fcntl is None:
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def _read_journal(fd: int) -> list[UsageRecord]:
+    with os.fdopen(os.dup(fd), "rb") as handle:
+        handle.seek(0)
+        data = handle.read()
+    records = []
+    for line in data.split(b"\n"):
+        if not line.strip():
+            continue
+        try:
+            values = json.loads(line)
+            records.append(UsageRecord(**dict(zip(RECORD_FIELDS, values, strict=True))))
+        except (ValueError, TypeError):  # a line cut short by a crash mid-write
+            log.warning("skipping an unreadable usage journal line")
+    return records
+
 
 class Meter:
     """Records usage off the hot path.
@@ -65,6 +144,7 @@ class Meter:
         sinks: Sequence[UsageSink] = (),
         batch_size: int = 256,
         flush_interval: float = 0.5,
+        journal: str | os.PathLike[str] | bool | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
@@ -83,6 +163,23 @@ class Meter:
         self._stopping = False
         self._closed = False
         self._atexit: Any = None
+        self.quarantined = 0
+        # The journal: None (no journal) or a directory of per-process JSON-lines files.
+        if journal is None or journal is True:
+            journal_dir = getattr(self.store, "journal_dir", None)
+            if journal is True and journal_dir is None:
+                raise ValueError(f"{self.store!r} has no default journal directory: pass a path")
+        elif journal is False:
+            journal_dir = None
+        else:
+            journal_dir = Path(journal)
+        self.journal_dir: Path | None = Path(journal_dir) if journal_dir is not None else None
+        self._journal_lock = threading.Lock()
+        self._journal_fd: int | None = None
+        self._journal_path: Path | None = None
+        self._journal_dirty = False
+        if self.journal_dir is not None:
+            self.recover()
 
     def __repr__(self) -> str:
         return f"Meter(store={self.store!r}, pending={len(self._queue)})"
@@ -105,14 +202,98 @@ class Meter:
         await asyncio.to_thread(self.close)
 
     def record(self, record: UsageRecord) -> None:
-        """Queue one record; never blocks and never does I/O."""
+        """Queue one record; never blocks on the store (with a journal: one append to a local
+        file, so the record survives the process being killed from here on)."""
         if self._closed:
             raise MeterClosedError("this Meter is closed; records can no longer be added")
-        self._queue.append(record)
+        if self.journal_dir is None:
+            self._queue.append(record)
+        else:
+            line = _record_line(record)
+            with self._journal_lock:
+                if self._journal_fd is None:
+                    self._open_journal()
+                os.write(self._journal_fd, line)  # type: ignore[arg-type]
+                self._journal_dirty = True
+                self._queue.append(record)
         if self._thread is None:
             self._start()
         elif len(self._queue) >= self.batch_size:
             self._wake.set()
+
+    # -- the journal
+
+    def _open_journal(self) -> None:
+        """A fresh journal file of this process (the caller holds the journal lock)."""
+        assert self.journal_dir is not None
+        self.journal_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        path = self.journal_dir / f"{os.getpid()}-{uuid.uuid4().hex}.jsonl"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_EXCL, 0o600)
+        _lock(fd)
+        self._journal_fd, self._journal_path = fd, path
+        self._journal_dirty = False
+
+    def _rotate_journal(self) -> None:
+        """Start a new journal file; the old one is deleted once the records queued before
+        now are stored (a marker in the queue says when)."""
+        with self._journal_lock:
+            if self._journal_fd is None or not self._journal_dirty:
+                return
+            old = _JournalMarker(self._journal_fd, self._journal_path)  # type: ignore[arg-type]
+            self._journal_fd = self._journal_path = None
+            self._queue.append(old)
+            self._open_journal()
+
+    def recover(self) -> int:
+        """Store the records of journal files that no live process holds (left by a process
+        that was killed); returns how many were replayed. Called when the Meter is made."""
+        directory = self.journal_dir
+        if directory is None or not directory.is_dir():
+            return 0
+        replayed = 0
+        for path in sorted(directory.glob("*.jsonl")):
+            if path.name == "quarantine.jsonl" or path == self._journal_path:
+                continue
+            try:
+                fd = os.open(path, os.O_RDWR)
+            except FileNotFoundError:
+                continue
+            try:
+                if not _lock(fd):
+                    continue  # a live process owns it
+                records = _read_journal(fd)
+                if records:
+                    self._write(records)
+                path.unlink(missing_ok=True)
+                replayed += len(records)
+            finally:
+                os.close(fd)
+        if replayed:
+            log.info("recovered %d usage record(s) from %s", replayed, directory)
+        return replayed
+
+    def _quarantine(self, record: UsageRecord, exc: BaseException) -> None:
+        self.quarantined += 1
+        log.error(
+            "usage record %s cannot be stored (%s); quarantined, the other records go on",
+            record.request_id,
+            type(exc).__name__,
+        )
+        if self.journal_dir is None:
+            return
+        try:
+            self.journal_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            fd = os.open(
+                self.journal_dir / "quarantine.jsonl",
+                os.O_WRONLY | os.O_CREAT | os.O_APPEND,
+                0o600,
+            )
+            try:
+                os.write(fd, _record_line(record))
+            finally:
+                os.close(fd)
+        except Exception:
+            log.warning("could not keep the quarantined usage record", exc_info=True)
 
     @property
     def pending(self) -> int:
@@ -144,7 +325,12 @@ class Meter:
             atexit.unregister(self._atexit)
             self._atexit = None
         # The thread exits only after its last batch; anything left means the store is failing.
+        self._rotate_journal()
         self._drain_inline()
+        with self._journal_lock:
+            if self._journal_fd is not None:
+                _JournalMarker(self._journal_fd, self._journal_path).complete()  # type: ignore[arg-type]
+                self._journal_fd = self._journal_path = None
         self.store.close()
 
     # -- writer side
@@ -173,6 +359,8 @@ class Meter:
         while True:
             self._wake.wait(self.flush_interval)
             self._wake.clear()
+            if self.journal_dir is not None:
+                self._rotate_journal()
             while self._queue:
                 batch, markers = self._take_batch()
                 try:
@@ -192,24 +380,31 @@ class Meter:
                     delay = min(delay * 2, _RETRY_MAX)
                     break
                 delay = _RETRY_FIRST
-                for marker in markers:
-                    marker.done.set()
+                self._complete(markers)
             if self._stopping and not self._queue:
                 return
 
-    def _take_batch(self) -> tuple[list[UsageRecord], list[_FlushMarker]]:
+    @staticmethod
+    def _complete(markers: list[Any]) -> None:
+        for marker in markers:
+            try:
+                marker.complete()
+            except OSError:
+                log.warning("could not remove a usage journal file", exc_info=True)
+
+    def _take_batch(self) -> tuple[list[UsageRecord], list[Any]]:
         batch: list[UsageRecord] = []
-        markers: list[_FlushMarker] = []
+        markers: list[Any] = []
         queue = self._queue
         while queue and len(batch) < self.batch_size:
             item = queue.popleft()
-            if isinstance(item, _FlushMarker):
+            if not isinstance(item, UsageRecord):
                 markers.append(item)
                 break  # the marker's records are all in this batch: answer it after the write
             batch.append(item)
         return batch, markers
 
-    def _requeue(self, batch: list[UsageRecord], markers: list[_FlushMarker]) -> None:
+    def _requeue(self, batch: list[UsageRecord], markers: list[Any]) -> None:
         self._queue.extendleft(reversed([*batch, *markers]))
 
     def _write(self, batch: list[UsageRecord]) -> None:
@@ -220,12 +415,39 @@ class Meter:
                     record.cost = prices.cost(
                         record.effective_model, record.prompt_tokens, record.completion_tokens
                     )
-        self.store.write(batch)
+        try:
+            self.store.write(batch)
+        except _TRANSIENT:
+            raise
+        except Exception:
+            batch = self._write_each(batch)
         for sink in self.sinks:
             try:
                 sink.write(batch)
             except Exception:  # a metrics exporter must never lose the stored records
                 log.warning("usage sink %r failed", sink, exc_info=True)
+
+    def _write_each(self, batch: list[UsageRecord]) -> list[UsageRecord]:
+        """A batch the store refused for its content: store what it takes one record at a time
+        (sanitised), quarantine what it still refuses; returns the records stored."""
+        stored = []
+        for record in batch:
+            try:
+                self.store.write([record])
+            except _TRANSIENT:
+                raise
+            except Exception:
+                try:
+                    clean = sanitize_record(record)
+                    self.store.write([clean])
+                except _TRANSIENT:
+                    raise
+                except Exception as exc:
+                    self._quarantine(record, exc)
+                    continue
+                record = clean
+            stored.append(record)
+        return stored
 
     def _drain_inline(self) -> None:
         """Write what is queued from the calling thread (no writer thread, or it has stopped)."""
@@ -237,5 +459,4 @@ class Meter:
             except Exception:
                 self._requeue(batch, markers)
                 raise
-            for marker in markers:
-                marker.done.set()
+            self._complete(markers)

@@ -6,7 +6,10 @@ job, so both stores answer every query the same way.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 import os
+import re
 import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
@@ -22,6 +25,7 @@ __all__ = [
     "SqliteUsageStore",
     "UsageStore",
     "default_usage_db",
+    "sanitize_record",
 ]
 
 #: Equality filters every store accepts; ``model`` matches the model that served the request.
@@ -43,6 +47,36 @@ _COLUMN_TYPES = {
     "failed_over": "INTEGER",
 }
 _COLUMNS = ", ".join(RECORD_FIELDS)
+
+
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _clean_text(value: Any) -> Any:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return _SURROGATE.sub("\ufffd", value)
+    return value
+
+
+def sanitize_record(record: UsageRecord) -> UsageRecord:
+    """A copy SQLite and JSON can always take: lone surrogates in text replaced by U+FFFD,
+    non-finite floats and out-of-range integers dropped (None)."""
+    changes: dict[str, Any] = {}
+    for name in RECORD_FIELDS:
+        value = getattr(record, name)
+        clean = _clean_text(value)
+        if (isinstance(clean, float) and not math.isfinite(clean)) or (
+            isinstance(clean, int) and not isinstance(clean, bool) and abs(clean) >= 2**63
+        ):
+            clean = None
+        elif clean is not None and not isinstance(clean, (str, int, float, bool)):
+            clean = str(clean)
+        if clean is not value:
+            changes[name] = clean
+    return dataclasses.replace(record, **changes) if changes else record
 
 
 def default_usage_db() -> Path:
@@ -127,11 +161,19 @@ class SqliteUsageStore:
     def __repr__(self) -> str:
         return f"SqliteUsageStore(path={str(self.path)!r}, readonly={self.readonly})"
 
+    @property
+    def journal_dir(self) -> Path | None:
+        """Where a :class:`~gonka_mux.metering.Meter` keeps its crash journal for this file."""
+        if self.readonly or str(self.path) == ":memory:":
+            return None
+        return self.path.with_name(self.path.name + ".journal")
+
     def write(self, records: Sequence[UsageRecord]) -> None:
         if self.readonly:
             raise PermissionError(f"{self!r} was opened read-only")
-        # sqlite3 stores the bools as 0/1; _record_from_row turns them back.
-        rows = [tuple(getattr(r, name) for name in RECORD_FIELDS) for r in records]
+        # sqlite3 stores the bools as 0/1; _record_from_row turns them back. Text with a lone
+        # surrogate cannot be encoded: it is stored with U+FFFD in its place.
+        rows = [tuple(_clean_text(getattr(r, name)) for name in RECORD_FIELDS) for r in records]
         placeholders = ", ".join("?" * len(RECORD_FIELDS))
         with self._lock:
             conn = self._connection()
@@ -182,7 +224,9 @@ class SqliteUsageStore:
                 f"{self.path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False
             )
         else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            if not self.path.exists():
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT, 0o600))
             conn = sqlite3.connect(self.path, timeout=30.0, check_same_thread=False)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")

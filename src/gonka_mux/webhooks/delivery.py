@@ -12,13 +12,25 @@ Judging a response:
   ``max_delay``), until ``max_attempts`` POSTs were made; then the delivery is marked failed.
 - any other status (3xx: redirects are not followed; 4xx): a permanent failure, marked failed at
   once. Fix the receiver, then submit again.
+
+Private addresses (SSRF guard): with ``allow_private=False`` (what the gateway uses), the host is
+resolved at delivery time and the POST is refused when **any** address it resolves to is
+loopback, private, link-local, multicast, reserved or unspecified (IPv4, IPv6, IPv4-mapped,
+6to4, Teredo and NAT64 ``64:ff9b::/96`` forms are unwrapped first). The connection then goes to
+the address that was checked (the URL is rewritten to the IP; ``Host`` and the TLS SNI and
+certificate name stay the original host), so a second DNS answer cannot redirect it. Numeric
+hosts are parsed the way the OS resolver does (``socket.inet_aton``: ``2130706433``,
+``0x7f000001``, ``127.1``, ``0``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
+import ipaddress
 import json
 import logging
+import socket
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -38,10 +50,15 @@ __all__ = [
     "EVENT_JOB_FAILED",
     "AttemptResult",
     "DeliveryPolicy",
+    "PrivateAddressError",
     "WebhookSender",
     "build_payload",
+    "check_webhook_url",
     "classify_status",
+    "is_public_address",
+    "parse_ip_host",
     "redact_url",
+    "resolve_public",
 ]
 
 logger = logging.getLogger("gonka_mux.webhooks")
@@ -131,6 +148,135 @@ def redact_url(url: str) -> str:
         return "<unparseable url>"
 
 
+class PrivateAddressError(ValueError):
+    """A webhook URL whose host is (or resolves to) a loopback/private/reserved address."""
+
+
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def parse_ip_host(host: str) -> IPAddress | None:
+    """``host`` as an IP address when it is one, parsed as the OS resolver parses it.
+
+    Besides dotted quads and IPv6 this accepts what ``inet_aton`` does (``2130706433``,
+    ``0x7f000001``, ``0177.1``, ``127.1``, ``0``): those all reach an address without DNS.
+    None for a DNS name."""
+    host = host.strip()
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    host = host.split("%", 1)[0]  # an IPv6 zone id
+    try:
+        return ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    if not host or any(c.isspace() for c in host):
+        return None
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host.rstrip(".")))
+    except (OSError, ValueError):
+        return None
+
+
+def is_public_address(address: IPAddress) -> bool:
+    """True for a globally routable unicast address; False for loopback, private, link-local,
+    multicast, reserved, unspecified, and for IPv6 forms that embed such an IPv4 address."""
+    if isinstance(address, ipaddress.IPv6Address):
+        if address in _NAT64:  # well-known NAT64 prefix: what counts is the IPv4 address inside
+            return is_public_address(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+        embedded: ipaddress.IPv4Address | None = address.ipv4_mapped
+        if embedded is None and address.sixtofour is not None:
+            embedded = address.sixtofour
+        if embedded is None and address.teredo is not None:
+            embedded = address.teredo[1]
+        if embedded is not None and not is_public_address(embedded):
+            return False
+        if address in _NAT64_LOCAL:
+            return False
+    return not (
+        not address.is_global
+        or address.is_loopback
+        or address.is_private
+        or address.is_link_local
+        or address.is_multicast
+        or address.is_reserved
+        or address.is_unspecified
+    )
+
+
+def _host_port(url: str) -> tuple[str, int]:
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"webhook_url must be an absolute http(s) URL, got {redact_url(url)!r}")
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return parts.hostname, port
+
+
+def check_webhook_url(url: str, *, allow_private: bool = False) -> None:
+    """The check at submission: a valid absolute http(s) URL, and unless ``allow_private``, not
+    a literal private address nor ``localhost``. DNS names are checked again when delivered
+    (:func:`resolve_public`). Raises :class:`ValueError` (:class:`PrivateAddressError`)."""
+    try:
+        host, _port = _host_port(url)
+    except ValueError as exc:
+        if "webhook_url" in str(exc):
+            raise
+        raise ValueError(f"webhook_url is not a valid URL: {exc}") from None
+    if allow_private:
+        return
+    name = host.lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost") or name == "":
+        raise PrivateAddressError("webhook_url points at localhost")
+    address = parse_ip_host(host)
+    if address is not None and not is_public_address(address):
+        raise PrivateAddressError("webhook_url points at a private or loopback address")
+
+
+async def resolve_public(host: str, port: int) -> list[IPAddress]:
+    """Every address ``host`` resolves to; :class:`PrivateAddressError` if any is not public
+    (one private answer is enough: a client may pick any of them). ``OSError`` when it does
+    not resolve."""
+    literal = parse_ip_host(host)
+    if literal is not None:
+        addresses: list[IPAddress] = [literal]
+    else:
+        infos = await asyncio.get_running_loop().getaddrinfo(
+            host, port, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP
+        )
+        addresses = []
+        for _family, _type, _proto, _canon, sockaddr in infos:
+            address = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
+            if address not in addresses:
+                addresses.append(address)
+        if not addresses:
+            raise OSError(f"{host!r} did not resolve to any address")
+    for address in addresses:
+        if not is_public_address(address):
+            raise PrivateAddressError(
+                "the webhook host resolves to a private, loopback or reserved address, which "
+                "this runner does not call (allow_private_webhooks is off)"
+            )
+    return addresses
+
+
+def _pinned(url: str, address: IPAddress) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """``url`` rewritten to connect to ``address``; the Host header and TLS name stay the
+    original host (so virtual hosts and certificate checks work)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    literal = f"[{address}]" if address.version == 6 else str(address)
+    netloc = literal if parts.port is None else f"{literal}:{parts.port}"
+    host_header = f"[{host}]" if ":" in host else host
+    if parts.port is not None:
+        host_header = f"{host_header}:{parts.port}"
+    extensions: dict[str, Any] = {}
+    if parts.scheme == "https" and parse_ip_host(host) is None:
+        extensions["sni_hostname"] = host
+    rewritten = urlunsplit((parts.scheme, netloc, parts.path or "/", parts.query, ""))
+    return rewritten, {"Host": host_header}, extensions
+
+
 def _retry_after(value: str | None, now: float) -> float | None:
     if not value:
         return None
@@ -168,9 +314,12 @@ def _scrub(text: str, secret: Secret) -> str:
 class WebhookSender:
     """Makes one signed POST of a delivery with an ``httpx.AsyncClient`` and judges the answer."""
 
-    def __init__(self, client: httpx.AsyncClient, policy: DeliveryPolicy) -> None:
+    def __init__(
+        self, client: httpx.AsyncClient, policy: DeliveryPolicy, *, allow_private: bool = True
+    ) -> None:
         self._client = client
         self._policy = policy
+        self.allow_private = allow_private
 
     async def send(self, url: str, secret: Secret, delivery: Delivery) -> AttemptResult:
         # Lazy: httpx adds ~50 ms to importing the Multiplexer (openai 3 uses httpx2), which
@@ -181,9 +330,30 @@ class WebhookSender:
         headers = webhook_headers(
             secret, body, delivery_id=delivery.id, event=delivery.event, timestamp=int(time.time())
         )
+        extensions: dict[str, Any] = {}
+        if not self.allow_private:
+            try:
+                host, port = _host_port(url)
+                addresses = await asyncio.wait_for(resolve_public(host, port), self._policy.timeout)
+            except PrivateAddressError as exc:
+                return AttemptResult("failed", None, str(exc))
+            except ValueError as exc:
+                return AttemptResult("failed", None, _scrub(f"unsupported URL: {exc}", secret))
+            except (OSError, asyncio.TimeoutError) as exc:
+                return AttemptResult(
+                    "retry", None, f"could not resolve the webhook host: {type(exc).__name__}"
+                )
+            url, pinned_headers, extensions = _pinned(url, addresses[0])
+            headers = {**headers, **pinned_headers}
         try:
             async with self._client.stream(
-                "POST", url, content=body, headers=headers, timeout=self._policy.timeout
+                "POST",
+                url,
+                content=body,
+                headers=headers,
+                timeout=self._policy.timeout,
+                extensions=extensions or None,
+                follow_redirects=False,
             ) as response:
                 status = response.status_code
                 outcome = classify_status(status)

@@ -25,7 +25,6 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlsplit
 
 from gonka_mux._exceptions import GonkaMuxError
 from gonka_mux.webhooks.delivery import (
@@ -34,6 +33,7 @@ from gonka_mux.webhooks.delivery import (
     DeliveryPolicy,
     WebhookSender,
     build_payload,
+    check_webhook_url,
     redact_url,
 )
 from gonka_mux.webhooks.signing import Secret
@@ -72,15 +72,6 @@ def _as_result(value: Any) -> dict[str, Any]:
     return value
 
 
-def _check_webhook_url(url: str) -> None:
-    try:
-        parts = urlsplit(url)
-    except ValueError as exc:
-        raise ValueError(f"webhook_url is not a valid URL: {exc}") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"webhook_url must be an absolute http(s) URL, got {redact_url(url)!r}")
-
-
 class JobRunner:
     """Runs submitted requests in the background and delivers their outcome.
 
@@ -88,6 +79,11 @@ class JobRunner:
     as a dict). ``max_concurrency`` bounds how many run at once; ``max_deliveries`` how many
     webhook POSTs are in flight. ``max_job_attempts`` stops a job that keeps being interrupted
     (for instance because it crashes the process) from being re-run for ever.
+    ``allow_private_webhooks=False`` refuses webhook URLs on loopback/private/reserved
+    addresses, at submission and again at delivery (the host is resolved then, and the POST
+    connects to the address that was checked): set it whenever the URLs come from untrusted
+    callers (the gateway does). The default (True) suits an application posting to its own
+    receivers.
     ``store=None`` opens the default SQLite store (see :mod:`gonka_mux.webhooks.store`).
 
     Use as ``async with JobRunner(store, execute) as runner:`` or call :meth:`start` and
@@ -105,6 +101,7 @@ class JobRunner:
         http_client: httpx.AsyncClient | None = None,
         max_deliveries: int = 16,
         max_job_attempts: int = 3,
+        allow_private_webhooks: bool = True,
     ) -> None:
         if not callable(execute):
             raise TypeError("execute must be an async callable: execute(params) -> dict")
@@ -115,6 +112,11 @@ class JobRunner:
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+        if not isinstance(allow_private_webhooks, bool):
+            raise TypeError(
+                f"allow_private_webhooks must be True or False, got {allow_private_webhooks!r}"
+            )
+        self._allow_private = allow_private_webhooks
         self._owns_store = store is None
         self.store: JobStore = SQLiteJobStore() if store is None else store
         self._execute = execute
@@ -135,6 +137,19 @@ class JobRunner:
         self._callbacks: dict[str, OnComplete] = {}
         self._started = False
         self._closed = False
+
+    @property
+    def allow_private_webhooks(self) -> bool:
+        """Whether webhooks may target loopback/private addresses (see the class docstring)."""
+        return self._allow_private
+
+    @allow_private_webhooks.setter
+    def allow_private_webhooks(self, value: bool) -> None:
+        if not isinstance(value, bool):
+            raise TypeError(f"allow_private_webhooks must be True or False, got {value!r}")
+        self._allow_private = value
+        if self._sender is not None:
+            self._sender.allow_private = value
 
     def __repr__(self) -> str:
         state = "closed" if self._closed else "running" if self._started else "new"
@@ -167,7 +182,7 @@ class JobRunner:
             import httpx
 
             self._client = httpx.AsyncClient(follow_redirects=False)
-        self._sender = WebhookSender(self._client, self._policy)
+        self._sender = WebhookSender(self._client, self._policy, allow_private=self._allow_private)
         jobs = self.store.unfinished_jobs()
         deliveries = self.store.pending_deliveries()
         for job in jobs:
@@ -222,7 +237,7 @@ class JobRunner:
         if webhook_url is not None:
             if not isinstance(webhook_url, str):
                 raise TypeError("webhook_url must be a string")
-            _check_webhook_url(webhook_url)
+            check_webhook_url(webhook_url, allow_private=self._allow_private)
             if webhook_secret is None:
                 raise ValueError(
                     "webhook_secret is required with webhook_url, so the receiver can verify "

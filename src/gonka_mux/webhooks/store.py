@@ -9,9 +9,14 @@ Two backends share one interface (:class:`JobStore`) and one test suite:
 - :class:`MemoryJobStore`: a dict, for tests and throwaway processes.
 
 **Secrets at rest.** A job's webhook secret is stored with the job so that deliveries can resume
-(and be signed) after a restart. The SQLite file is created readable by its owner only (0600, in a
-0700 directory when the store creates it); treat it like a credentials file. The secret is never
-logged and never shown in a ``repr``. Finished jobs can be removed with :meth:`JobStore.purge`.
+(and be signed) after a restart. Signing needs the secret itself, so it cannot be hashed: the
+SQLite store keeps it encrypted (``enc1:``: an HMAC-SHA256 keystream with an encrypt-then-MAC
+tag, standard library only) under a random 32-byte key in ``<db>.key`` beside the database
+(created 0600; keep it with the database, a store without it cannot sign its pending
+deliveries). A copy of the database alone reveals no secret. Both files are created readable by
+their owner only (0600, in a 0700 directory when the store creates it). Secrets written by an
+older version in plain text are still read. The secret is never logged and never shown in a
+``repr``. Finished jobs can be removed with :meth:`JobStore.purge`.
 
 One process should run jobs from a given store at a time: a second runner on the same file would
 resume the same unfinished jobs.
@@ -19,8 +24,12 @@ resume the same unfinished jobs.
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import os
+import secrets
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -432,6 +441,63 @@ def _delivery_from_row(row: tuple[Any, ...]) -> Delivery:
     )
 
 
+class _SecretBox:
+    """Encrypts webhook secrets at rest with a key kept in a 0600 file (or in memory)."""
+
+    PREFIX = "enc1:"
+
+    def __init__(self, key_path: Path | None) -> None:
+        if key_path is None:
+            key = secrets.token_bytes(32)
+        else:
+            try:
+                fd = os.open(key_path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)
+            except FileExistsError:
+                key = key_path.read_bytes()
+                if len(key) != 32:
+                    raise JobStoreError(
+                        f"the webhook secret key file {key_path} is damaged (not 32 bytes)"
+                    ) from None
+            else:
+                key = secrets.token_bytes(32)
+                try:
+                    os.write(fd, key)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+        self._enc = hmac.new(key, b"gonka-mux webhook secret enc", hashlib.sha256).digest()
+        self._mac = hmac.new(key, b"gonka-mux webhook secret mac", hashlib.sha256).digest()
+
+    def _stream(self, nonce: bytes, size: int) -> bytes:
+        out = bytearray()
+        counter = 0
+        while len(out) < size:
+            block = counter.to_bytes(8, "big")
+            out += hmac.new(self._enc, nonce + block, hashlib.sha256).digest()
+            counter += 1
+        return bytes(out[:size])
+
+    def seal(self, plaintext: str) -> str:
+        data = plaintext.encode("utf-8")
+        nonce = secrets.token_bytes(16)
+        cipher = bytes(a ^ b for a, b in zip(data, self._stream(nonce, len(data)), strict=True))
+        tag = hmac.new(self._mac, nonce + cipher, hashlib.sha256).digest()[:16]
+        return self.PREFIX + base64.b64encode(nonce + cipher + tag).decode("ascii")
+
+    def open(self, stored: str) -> str:
+        if not stored.startswith(self.PREFIX):
+            return stored  # written in plain text by an older version
+        blob = base64.b64decode(stored[len(self.PREFIX) :])
+        nonce, cipher, tag = blob[:16], blob[16:-16], blob[-16:]
+        expected = hmac.new(self._mac, nonce + cipher, hashlib.sha256).digest()[:16]
+        if not hmac.compare_digest(tag, expected):
+            raise JobStoreError(
+                "a stored webhook secret does not match the key file (was <db>.key replaced?)"
+            )
+        data = bytes(a ^ b for a, b in zip(cipher, self._stream(nonce, len(cipher)), strict=True))
+        return data.decode("utf-8")
+
+
 def _create_private_file(path: Path) -> None:
     """Create the database file readable by its owner only (it holds webhook secrets)."""
     if not path.parent.exists():
@@ -468,6 +534,13 @@ class SQLiteJobStore:
             ) from exc
         self._lock = threading.RLock()
         try:
+            self._box = _SecretBox(
+                None if in_memory else self.path.with_name(self.path.name + ".key")
+            )
+        except OSError as exc:
+            self._db.close()
+            raise JobStoreError(f"cannot use the webhook secret key of {self.path}: {exc}") from exc
+        try:
             self._setup(durable)
         except sqlite3.Error as exc:
             self._db.close()
@@ -502,6 +575,11 @@ class SQLiteJobStore:
                 raise
             self._db.execute("COMMIT")
 
+    def _job(self, row: tuple[Any, ...]) -> Job:
+        if row[7] is not None:
+            row = (*row[:7], self._box.open(row[7]), *row[8:])
+        return _job_from_row(row)
+
     def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
         with self._lock:
             return self._db.execute(sql, args).fetchall()
@@ -515,7 +593,7 @@ class SQLiteJobStore:
             job.error,
             job.attempts,
             job.webhook_url,
-            None if job.webhook_secret is None else job.webhook_secret.reveal(),
+            None if job.webhook_secret is None else self._box.seal(job.webhook_secret.reveal()),
             job.created_at,
             job.updated_at,
             job.started_at,
@@ -531,7 +609,7 @@ class SQLiteJobStore:
 
     def get_job(self, job_id: str) -> Job | None:
         rows = self._query(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
-        return _job_from_row(rows[0]) if rows else None
+        return self._job(rows[0]) if rows else None
 
     def _require(self, job_id: str) -> Job:
         job = self.get_job(job_id)
@@ -593,7 +671,7 @@ class SQLiteJobStore:
             f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status IN (?, ?) ORDER BY created_at",
             (JobStatus.QUEUED.value, JobStatus.RUNNING.value),
         )
-        return [_job_from_row(r) for r in rows]
+        return [self._job(r) for r in rows]
 
     def list_jobs(self, status: JobStatus | None = None, limit: int | None = None) -> list[Job]:
         sql = f"SELECT {_JOB_COLUMNS} FROM jobs"
@@ -605,7 +683,7 @@ class SQLiteJobStore:
         if limit is not None:
             sql += " LIMIT ?"
             args = (*args, int(limit))
-        return [_job_from_row(r) for r in self._query(sql, args)]
+        return [self._job(r) for r in self._query(sql, args)]
 
     def get_delivery(self, delivery_id: str) -> Delivery | None:
         rows = self._query(
