@@ -5,7 +5,9 @@
 # preinstall needs >= 24.16) and `openclaw` into $ROOT/.ci-work/openclaw, then runs
 # tests/gateway/openclaw with the main venv. Nothing is cached outside .ci-work.
 #   bash .ci/legs/openclaw.sh            install if needed, then run the test
-#   bash .ci/legs/openclaw.sh --install  install only (the test fixture calls this)
+#   bash .ci/legs/openclaw.sh --install  install only
+# The test itself downloads nothing: it is selected with `-m openclaw` and finds Node and openclaw
+# through GONKA_OPENCLAW_DIR; it fails (never skips) when they are missing.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$(pwd)
@@ -45,4 +47,4 @@ if [ "${1:-}" = "--install" ]; then
   exit 0
 fi
 export GONKA_OPENCLAW_DIR="$DIR"
-"$PY" -m pytest tests/gateway/openclaw -q -p no:cacheprovider
+"$PY" -m pytest tests/gateway/openclaw -q -p no:cacheprovider -m openclaw

@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 __all__ = ["main"]
 
@@ -91,7 +92,41 @@ def _register_missing(sub: argparse._SubParsersAction, module_name: str, missing
     p.set_defaults(func=fail)
 
 
+def quiet_on_broken_pipe(run: Callable[[], int]) -> int:
+    """Run a command; if its reader went away (``gonka-mux usage --json | head``), exit quietly.
+
+    The standard recipe (Python docs, "Note on SIGPIPE"): point stdout at devnull so the
+    interpreter's final flush does not raise again, and exit with 1, without a traceback.
+    """
+    try:
+        code = run()
+        sys.stdout.flush()
+        return code
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    return quiet_on_broken_pipe(lambda: _main(args_list))
+
+
+def _main(argv: list[str]) -> int:
+    # `gonka-mux [-v] fake-backend ARGS...`: ARGS go to the fake backend's own parser as they
+    # are (argparse's REMAINDER refuses ARGS that start with an option, such as `--port 8000`).
+    lead = [a for a in argv[:2] if a in ("-v", "--verbose")]
+    rest = argv[len(lead) :]
+    if rest and rest[0] == "fake-backend":
+        if lead:
+            logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
+        from .testing.__main__ import main as fake_main
+
+        try:
+            return fake_main(rest[1:], prog="gonka-mux fake-backend")
+        except KeyboardInterrupt:
+            return 130
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.verbose:

@@ -6,6 +6,7 @@ import argparse
 import csv
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -147,3 +148,22 @@ def test_register_into_another_parser(usage_db: Path, capsys) -> None:
     assert args.func(args) == 0
     data = json.loads(capsys.readouterr().out)
     assert [r["group"] for r in data["breakdowns"]["key"]] == ["bob", "alice", "(none)"]
+
+
+@pytest.mark.parametrize("module", ["gonka_mux.dashboard", "gonka_mux.cli"])
+def test_closed_pipe_exits_quietly(usage_db: Path, module: str) -> None:
+    """`gonka-mux usage --json | head`: the reader is gone, so no BrokenPipeError traceback."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader went away before the first write (as `head` does)
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", module, "usage", "--db", str(usage_db), "--json"],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    finally:
+        os.close(write_end)
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr, result.stderr
+    assert result.returncode == 1

@@ -86,8 +86,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from gonka_mux.cli import quiet_on_broken_pipe
+
     args = build_parser().parse_args(argv)
-    return args.func(args)
+    return quiet_on_broken_pipe(lambda: int(args.func(args)))
 
 
 def run_usage(args: argparse.Namespace, *, out: TextIO | None = None) -> int:

@@ -29,7 +29,14 @@ from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
-from crewai.events.types.llm_events import LLMCallType
+try:
+    from crewai.events.types.llm_events import LLMCallType
+except ImportError as exc:  # the extra is not installed
+    raise ModuleNotFoundError(
+        "gonka_mux.integrations.crewai needs CrewAI: pip install 'gonka-mux[crewai]' "
+        f"(missing: {exc.name})",
+        name=exc.name,
+    ) from exc
 from crewai.hooks.dispatch import HookAborted
 from crewai.llms.base_llm import BaseLLM, LLMCallBlockedError, llm_call_context
 from crewai.llms.providers.utils.common import safe_tool_conversion

@@ -27,7 +27,14 @@ from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from operator import itemgetter
 from typing import Any, Literal
 
-from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+try:
+    from langchain_core.callbacks import AsyncCallbackManagerForLLMRun, CallbackManagerForLLMRun
+except ImportError as exc:  # the extra is not installed
+    raise ModuleNotFoundError(
+        "gonka_mux.integrations.langchain needs LangChain: pip install 'gonka-mux[langchain]' "
+        f"(missing: {exc.name})",
+        name=exc.name,
+    ) from exc
 from langchain_core.language_models import BaseChatModel, LanguageModelInput
 from langchain_core.messages import (
     AIMessage,
@@ -49,7 +56,7 @@ from langchain_core.runnables.config import ensure_config
 from langchain_core.tools import BaseTool
 from langchain_core.utils.function_calling import convert_to_openai_tool
 from langchain_core.utils.pydantic import is_basemodel_subclass
-from pydantic import ConfigDict, Field, PrivateAttr
+from pydantic import ConfigDict, Field, PrivateAttr, model_validator
 
 from ._bridge import ChatBridge
 
@@ -72,9 +79,17 @@ class ChatMultiplexer(BaseChatModel):
     ``session_mode``: see the module docstring. ``session_id``: a fixed session id used when the
     call carries no LangGraph ``thread_id``. ``tier``/``caller``/``deadline``: passed to every
     call. ``model_kwargs``: extra OpenAI body fields (``top_k``, ``extra_body``, ...).
+    ``timeout``: seconds per attempt (the Multiplexer's per-call ``timeout=``; a failed or timed
+    out attempt fails over to another endpoint, bounded by ``deadline``). ``max_retries``:
+    accepted for compatibility with other LangChain chat models and not applied: the Multiplexer
+    owns retries and failover (its retry budget, other endpoints, your ``deadline``), and the
+    SDK's own retries are always off. Bound a call's total time with ``deadline=``.
+
+    Unknown constructor arguments (``api_key`` included: keys belong to the Multiplexer's
+    endpoints) are refused with a ``TypeError`` instead of being dropped.
     """
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True)
+    model_config = ConfigDict(arbitrary_types_allowed=True, populate_by_name=True, extra="forbid")
 
     mux: Any = Field(exclude=True)
     model: str = Field(alias="model_name")
@@ -93,8 +108,25 @@ class ChatMultiplexer(BaseChatModel):
     tier: str | None = None
     caller: str | None = None
     deadline: float | None = None
+    timeout: float | None = Field(default=None, alias="request_timeout")
+    max_retries: int | None = None
 
     _bridge: ChatBridge = PrivateAttr()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _refuse_unknown(cls, values: Any) -> Any:
+        if isinstance(values, Mapping):
+            known = set(cls.model_fields)
+            known |= {f.alias for f in cls.model_fields.values() if f.alias}
+            unknown = sorted(str(k) for k in values if k not in known)
+            if unknown:
+                raise TypeError(
+                    f"ChatMultiplexer got unknown argument(s) {', '.join(unknown)}: pass OpenAI "
+                    "body fields in model_kwargs={...} or per call, gonka_mux options as "
+                    "session_id=/tier=/caller=/deadline="
+                )
+        return values
 
     def model_post_init(self, context: Any, /) -> None:
         super().model_post_init(context)
@@ -118,7 +150,7 @@ class ChatMultiplexer(BaseChatModel):
     def _get_ls_params(self, stop: list[str] | None = None, **kwargs: Any) -> Any:
         params = super()._get_ls_params(stop=stop, **kwargs)
         params["ls_provider"] = "gonka-mux"
-        params["ls_model_name"] = self.model
+        params["ls_model_name"] = kwargs.get("model") or self.model
         return params
 
     # -- request building -------------------------------------------------------------------
@@ -159,6 +191,8 @@ class ChatMultiplexer(BaseChatModel):
         for key in ("tier", "caller", "deadline"):
             if mux_kwargs[key] is None:
                 mux_kwargs[key] = getattr(self, key)
+        if self.timeout is not None:
+            body.setdefault("timeout", self.timeout)  # per attempt: a request option, not body
         if mux_kwargs["session_id"] is not None:
             mux_kwargs["mux_metadata"] = {"session_mode": self.session_mode}
         return self._bridge.params(body, mux_kwargs)

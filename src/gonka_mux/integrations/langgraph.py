@@ -28,7 +28,15 @@ from collections.abc import AsyncIterator, Coroutine, Iterable, Iterator, Mappin
 from datetime import datetime, timezone
 from typing import Any, TypeVar
 
-from langchain_core.runnables import RunnableConfig
+try:
+    import langgraph.checkpoint.base  # noqa: F401
+    from langchain_core.runnables import RunnableConfig
+except ImportError as exc:  # the extra is not installed
+    raise ModuleNotFoundError(
+        "gonka_mux.integrations.langgraph needs LangGraph: pip install 'gonka-mux[langchain]' "
+        f"(missing: {exc.name})",
+        name=exc.name,
+    ) from exc
 from langgraph.checkpoint.base import (
     WRITES_IDX_MAP,
     BaseCheckpointSaver,

@@ -87,7 +87,7 @@ def run_turn(url: str, store: str, memory: Path, thread: str, message: str) -> d
     }
 
 
-@pytest.fixture(params=["disk", "redis"])
+@pytest.fixture(params=["disk", pytest.param("redis", marks=pytest.mark.redis)])
 def session_store_spec(request, tmp_path) -> str:
     if request.param == "disk":
         return f"disk:{tmp_path / 'sessions.sqlite3'}"

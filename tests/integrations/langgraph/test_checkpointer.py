@@ -23,7 +23,7 @@ from gonka_mux.sessions.disk import DiskSessionStore
 from gonka_mux.sessions.memory import MemorySessionStore
 from gonka_mux.sessions.redis import RedisSessionStore
 
-BACKENDS = ["memory", "disk", "redis"]
+BACKENDS = ["memory", "disk", pytest.param("redis", marks=pytest.mark.redis)]
 # Test counts of langgraph-checkpoint-conformance 0.0.2: the base suite, then the extended one.
 BASE_CAPABILITIES = {"put": 17, "put_writes": 10, "get_tuple": 10, "list": 16, "delete_thread": 5}
 EXTENDED_CAPABILITIES = {"delete_for_runs": 7, "copy_thread": 8, "prune": 8}
