@@ -21,8 +21,8 @@ async def main() -> None:
     ]
     with FakeFleet(specs) as fleet:
         mux = AsyncMultiplexer(health=HealthPolicy(eject_after=2), first_byte_timeout=5)
-        for spec in specs:
-            mux.add_endpoint(fleet[spec.name].url, models=["m"], name=spec.name)
+        for fb in fleet:
+            mux.add_endpoint(fb.url, models=["m"], name=fb.name)
         for _ in range(20):
             await mux.chat.completions.create(model="m", messages=MESSAGES)
         for name, s in mux.stats()["endpoints"].items():

@@ -10,6 +10,7 @@ Run: python examples/gonka_epoch_handling.py
 """
 
 import time
+from collections.abc import Callable
 
 from gonka_mux import Multiplexer
 from gonka_mux.gonka import RequestSigner, register_gonka_models
@@ -19,7 +20,7 @@ MODEL = "Qwen/Fake-7B"
 KEY = "55" * 32  # a throwaway key for the fake chain
 
 
-def wait_for(predicate, timeout: float = 5.0) -> None:
+def wait_for(predicate: Callable[[], object], timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -31,7 +32,7 @@ def main() -> None:
     with FakeGonkaNetwork(n_participants=3, models=[MODEL]) as net:
         net.add_account(RequestSigner(KEY))
         with Multiplexer() as mux:
-            swaps = []
+            swaps: list[str] = []
             result = register_gonka_models(
                 mux,
                 source_url=net.source_url,
@@ -43,6 +44,7 @@ def main() -> None:
                 ),
             )
             manager = result.refresh_manager
+            assert manager is not None  # discovery over http(s): the epoch refresh runs
             manager.on_phase_change(lambda old, new, info: print(f"  phase {old} -> {new}"))
             print(f"epoch {manager.current_epoch}, phase {manager.phase}")
 
@@ -63,6 +65,7 @@ def main() -> None:
             wait_for(lambda: swaps)  # the on_epoch_change callback ran
             print(" ", swaps[0])
             swap = manager.last_swap
+            assert swap is not None and swap.swap_seconds is not None
             print(f"  swapped in {swap.swap_seconds * 1000:.2f} ms (prefetched: {swap.prefetched})")
             reply = mux.chat.completions.create(
                 model=MODEL, messages=[{"role": "user", "content": "hi"}]

@@ -25,14 +25,14 @@ KEY = "44" * 32  # a throwaway key for the fake chain
 BROKER_KEY = "sk-demo-broker"
 
 
-async def burst(mux: AsyncMultiplexer, n: int) -> Counter:
+async def burst(mux: AsyncMultiplexer, n: int) -> Counter[str]:
     replies = await asyncio.gather(
         *(
             mux.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "x"}])
             for _ in range(n)
         )
     )
-    return Counter(r.choices[0].message.content for r in replies)
+    return Counter(r.choices[0].message.content or "" for r in replies)
 
 
 async def main() -> None:

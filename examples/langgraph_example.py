@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import tempfile
 from pathlib import Path
+from typing import Any
 
 from langchain_core.messages import HumanMessage
 from langchain_core.tools import tool
@@ -64,8 +65,10 @@ def scripted_model(request: RecordedRequest) -> Reply:
     )
 
 
-def build_graph(mux: Multiplexer, state_dir: Path):
-    model = ChatMultiplexer(mux=mux, model=MODEL).bind_tools([save_note, find_note])
+def build_graph(mux: Multiplexer, state_dir: Path) -> tuple[Any, Any, Any]:
+    model = ChatMultiplexer(mux=mux, model=MODEL).bind_tools(  # type: ignore[call-arg]
+        [save_note, find_note]
+    )
     builder = StateGraph(MessagesState)
     builder.add_node("agent", lambda state: {"messages": [model.invoke(state["messages"])]})
     builder.add_node("tools", ToolNode([save_note, find_note]))
@@ -77,7 +80,7 @@ def build_graph(mux: Multiplexer, state_dir: Path):
     return builder.compile(checkpointer=saver, store=store), saver, store
 
 
-def turn(graph, text: str, thread: str) -> None:
+def turn(graph: Any, text: str, thread: str) -> None:
     config = {"configurable": {"thread_id": thread}}
     print(f"> {text}")
     print("< ", end="")

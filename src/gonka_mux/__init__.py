@@ -56,7 +56,41 @@ _EXPORTS: dict[str, str] = {
     "aadd_gonka_broker": ".gonka",
 }
 
-__all__ = ["__version__", *_EXPORTS]
+__all__ = [  # a literal list, so type checkers see the re-exports (tests check it matches)
+    "__version__",
+    "AsyncMultiplexer",
+    "Multiplexer",
+    "Endpoint",
+    "RoutingSettings",
+    "RequestContext",
+    "Extension",
+    "EndpointSource",
+    "HealthPolicy",
+    "HedgePolicy",
+    "RetryBudget",
+    "ErrorPolicy",
+    "PowerOfTwoChoices",
+    "WeightedRandom",
+    "RoundRobin",
+    "GonkaMuxError",
+    "ConfigError",
+    "RateLimitError",
+    "AllEndpointsFailed",
+    "AllEndpointsRateLimited",
+    "AllEndpointsUnauthorized",
+    "AllEndpointsForbidden",
+    "InvalidRequestError",
+    "NoEndpointAvailable",
+    "ModelNotFound",
+    "DeadlineExceeded",
+    "StreamInterrupted",
+    "ContextLengthExceeded",
+    "Attempt",
+    "register_gonka_models",
+    "aregister_gonka_models",
+    "add_gonka_broker",
+    "aadd_gonka_broker",
+]
 
 if TYPE_CHECKING:
     from .context import Extension, RequestContext
