@@ -111,3 +111,10 @@ def test_relative_and_absolute_modules_and_dir(package: str) -> None:
 def test_extras_must_name_an_exporting_module() -> None:
     with pytest.raises(ValueError, match="export nothing"):
         lazy_exports({"__name__": "x"}, {"A": ".a"}, extras={".b": "bee"})
+
+
+def test_the_literal_all_of_the_package_matches_its_lazy_table():
+    """__all__ is written out (type checkers need a literal list): it must not drift."""
+    import gonka_mux
+
+    assert set(gonka_mux.__all__) == {"__version__", *gonka_mux._EXPORTS}
