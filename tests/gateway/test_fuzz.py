@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
 from typing import Any
 
 import httpx
@@ -85,7 +86,16 @@ def live(tmp_path_factory):
             )
             _, key = state["keys"].create(name="fuzzer")
             state["key"] = key
-            state["loop"] = asyncio.get_running_loop()
+            loop = asyncio.get_running_loop()
+            state["loop"] = loop
+
+            async def public_dns(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+                # The fuzzer names any host; the delivery-time SSRF check resolves it. Answer
+                # with a documentation address (the guard refuses it: nothing is sent) instead
+                # of asking a real resolver.
+                return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.10", port or 443))]
+
+            loop.getaddrinfo = public_dns  # type: ignore[method-assign]
             return app, state
 
         with serve_in_thread(build) as (url, state):
