@@ -89,13 +89,13 @@ def live(tmp_path_factory):
             loop = asyncio.get_running_loop()
             state["loop"] = loop
 
-            async def public_dns(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
+            async def local_dns(host: Any, port: Any, *args: Any, **kwargs: Any) -> Any:
                 # The fuzzer names any host; the delivery-time SSRF check resolves it. Answer
                 # with a documentation address (the guard refuses it: nothing is sent) instead
                 # of asking a real resolver.
                 return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("192.0.2.10", port or 443))]
 
-            loop.getaddrinfo = public_dns  # type: ignore[method-assign]
+            loop.getaddrinfo = local_dns  # type: ignore[method-assign]
             return app, state
 
         with serve_in_thread(build) as (url, state):

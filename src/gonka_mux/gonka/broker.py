@@ -41,7 +41,9 @@ import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import quote
 
+import httpx
 import openai
 
 from gonka_mux.routing.outcome import ErrorPolicy, Failure, Fault
@@ -675,8 +677,6 @@ class GonkaBroker:
     # -- HTTP -----------------------------------------------------------------------------
     def _client(self) -> Any:
         if self._http is None:
-            import httpx
-
             self._http = httpx.AsyncClient(
                 timeout=self.timeout,
                 follow_redirects=True,
@@ -685,8 +685,6 @@ class GonkaBroker:
         return self._http
 
     async def _get(self, path: str) -> tuple[int | None, Any]:
-        import httpx
-
         url = f"{self.state.base_url}{path}"
         try:
             response = await self._client().get(
@@ -781,8 +779,6 @@ class GonkaBroker:
     # -- accounting -------------------------------------------------------------------------
     async def arequest_record(self, request_id: str) -> BrokerRequestRecord:
         """The broker's accounting of one reply (its ``id``) from ``/v1/requests/{id}``."""
-        from urllib.parse import quote
-
         status_code, payload = await self._get(f"/requests/{quote(request_id, safe='')}")
         if status_code != 200:
             raise GonkaError(
