@@ -30,6 +30,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from gonka_mux._exceptions import ConfigError
+
 __all__ = [
     "DEFAULT_VLLM_BASE_URL",
     "NodeSnapshot",
@@ -107,8 +109,6 @@ class VllmNodeMonitor:
         timeout: float = 3.0,
     ) -> None:
         if interval <= 0:
-            from gonka_mux._exceptions import ConfigError
-
             raise ConfigError(f"interval must be positive, got {interval}", expected="seconds > 0")
         self.base_url = _server_root(base_url)
         self.health_url = health_url
@@ -234,6 +234,7 @@ class VllmNodeMonitor:
         return snapshot
 
     async def _poll_sidecar(self) -> NodeSnapshot:
+        # Lazy: httpx adds ~100 ms to `import gonka_mux.config`, which imports this module.
         import httpx
 
         if self._client is None:
@@ -245,6 +246,7 @@ class VllmNodeMonitor:
 
     async def _poll_vllm(self) -> NodeSnapshot:
         if self._reporter is None:
+            # Lazy: serving.health (httpx, supervisor) adds ~115 ms to `import gonka_mux.config`.
             from gonka_mux.serving.health import HealthReporter
 
             self._reporter = HealthReporter(

@@ -587,7 +587,9 @@ async def test_credentials_in_a_url_never_reach_names_logs_or_stats(caplog) -> N
         mux = AsyncMultiplexer()
         ep = mux.add_endpoint(url, models=["m"], api_key="wrong")
         caplog.set_level(logging.DEBUG, logger="gonka_mux")
-        with pytest.raises(openai.AuthenticationError) as info:
+        # (the URL's query makes some httpx versions send a path the fake does not serve:
+        # a 404 instead of the 401; either way the error must not show the secret)
+        with pytest.raises(openai.APIStatusError) as info:
             await mux.chat.completions.create(
                 model="m", messages=[{"role": "user", "content": "x"}]
             )

@@ -37,6 +37,7 @@ from .keys import (
     requester_address,
     validate_address,
 )
+from .signing import RequestSigner
 
 __all__ = ["DEFAULT_BROKER_FIELDS", "GonkaConfig", "GonkaEndpoint", "parse_endpoints"]
 
@@ -279,8 +280,6 @@ class GonkaConfig:
 
     def signer(self) -> Any:
         """A :class:`~gonka_mux.gonka.signing.RequestSigner` for this account."""
-        from .signing import RequestSigner
-
         return RequestSigner(
             self.require_key(),
             backend=self.signing_backend,  # type: ignore[arg-type]

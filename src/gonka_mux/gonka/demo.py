@@ -17,6 +17,12 @@ import time
 from collections import Counter
 from typing import Any, TextIO
 
+from gonka_mux.multiplexer import AsyncMultiplexer
+from gonka_mux.testing.fake_gonka import FakeGonkaNetwork, verify_signature
+
+from .registration import aadd_gonka_broker, aregister_gonka_models
+from .signing import RequestSigner, signing_message
+
 __all__ = ["run_gonka_demo"]
 
 MODEL = "Qwen/Fake-7B"
@@ -42,12 +48,6 @@ async def run_gonka_demo(
     out: TextIO | None = None, *, requests: int = 150, concurrency: int = 12
 ) -> bool:
     """Run the demo; True when every request succeeded and the epoch swap happened."""
-    from gonka_mux.multiplexer import AsyncMultiplexer
-    from gonka_mux.testing.fake_gonka import FakeGonkaNetwork, verify_signature
-
-    from .registration import aadd_gonka_broker, aregister_gonka_models
-    from .signing import RequestSigner, signing_message
-
     stream = out or sys.stdout
 
     def say(line: str = "") -> None:

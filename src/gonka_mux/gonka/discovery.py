@@ -42,6 +42,8 @@ from .errors import (
     GonkaPayloadError,
     GonkaProofVerificationError,
 )
+from .keys import describe_shape
+from .proofs import verify_participants_proof
 
 if TYPE_CHECKING:
     import httpx
@@ -462,8 +464,6 @@ def normalize_sources(sources: str | Sequence[str]) -> tuple[str, ...]:
         if url.endswith("/v1"):
             url = url[: -len("/v1")]
         if not url.startswith(("http://", "https://", "file://")):
-            from .keys import describe_shape
-
             shown = repr(url) if "://" in url else describe_shape(url)  # never echo a key
             raise GonkaConfigError(
                 "source_url",
@@ -574,8 +574,6 @@ def _discovery_plan(
 ) -> Generator[_Fetch, _Fetched, DiscoveryResult]:
     def parse(payload: Any) -> tuple[ParsedParticipants, bool]:
         if verify_proofs:
-            from .proofs import verify_participants_proof
-
             verify_participants_proof(payload)
         parsed = parse_participants(payload)
         if not parsed.participants and parsed.skipped:
@@ -692,6 +690,7 @@ def _snippet(body: bytes) -> str:
 def _fetch_sync(client: httpx.Client, request: _Fetch) -> _Fetched:
     if request.url.startswith("file://"):
         return _read_file(request.url)
+    # Lazy: httpx adds ~100 ms to `import gonka_mux.config` (via gonka.config), which parses only.
     import httpx
 
     try:
@@ -704,6 +703,7 @@ def _fetch_sync(client: httpx.Client, request: _Fetch) -> _Fetched:
 async def _fetch_async(client: httpx.AsyncClient, request: _Fetch) -> _Fetched:
     if request.url.startswith("file://"):
         return _read_file(request.url)
+    # Lazy: httpx adds ~100 ms to `import gonka_mux.config` (via gonka.config), which parses only.
     import httpx
 
     try:
@@ -722,6 +722,7 @@ def _client_options(timeout: float) -> dict[str, Any]:
 
 
 def _run_sync(plan: _Plan, client: httpx.Client | None, timeout: float) -> Any:
+    # Lazy: httpx adds ~100 ms to `import gonka_mux.config` (via gonka.config), which parses only.
     import httpx
 
     own = client is None
@@ -738,6 +739,7 @@ def _run_sync(plan: _Plan, client: httpx.Client | None, timeout: float) -> Any:
 
 
 async def _run_async(plan: _Plan, client: httpx.AsyncClient | None, timeout: float) -> Any:
+    # Lazy: httpx adds ~100 ms to `import gonka_mux.config` (via gonka.config), which parses only.
     import httpx
 
     own = client is None

@@ -18,6 +18,8 @@ import struct
 from collections.abc import Mapping
 from pathlib import Path
 
+import bech32
+
 from .errors import GonkaConfigError
 
 __all__ = [
@@ -201,9 +203,10 @@ def requester_address(
 
 def public_key_from_secret(secret: bytes) -> bytes:
     """Compressed public key of ``secret``; coincurve when installed, python-ecdsa otherwise."""
-    try:
+    try:  # optional extra: coincurve ('fast')
         import coincurve
     except ImportError:
+        # Lazy: python-ecdsa costs ~45 ms to import; it is needed only without coincurve.
         import ecdsa
 
         signing_key = ecdsa.SigningKey.from_string(secret, curve=ecdsa.SECP256k1)
@@ -216,7 +219,6 @@ def address_from_public_key(public_key: bytes, hrp: str = ADDRESS_PREFIX) -> str
     """``bech32(hrp, ripemd160(sha256(public_key)))`` for a 33-byte compressed key."""
     if len(public_key) != 33 or public_key[0] not in (2, 3):
         raise GonkaConfigError("public_key", "expected a 33-byte compressed secp256k1 public key")
-    import bech32
 
     digest = ripemd160(hashlib.sha256(public_key).digest())
     words = bech32.convertbits(digest, 8, 5)
@@ -226,8 +228,6 @@ def address_from_public_key(public_key: bytes, hrp: str = ADDRESS_PREFIX) -> str
 
 def is_valid_address(address: str, hrp: str = ADDRESS_PREFIX) -> bool:
     """True when ``address`` is a checksummed bech32 account address with prefix ``hrp``."""
-    import bech32
-
     if not isinstance(address, str) or address.lower() != address:
         return False
     decoded_hrp, words = bech32.bech32_decode(address)

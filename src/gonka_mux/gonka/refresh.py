@@ -37,9 +37,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import httpx
+
 from .discovery import DiscoveryResult, adiscover, afetch_epoch_info
 from .epochs import EpochInfo
 from .errors import GonkaConfigError, GonkaError
+from .policy import GonkaParticipantRefused
 
 if TYPE_CHECKING:
     from gonka_mux.endpoint import Endpoint
@@ -546,8 +549,6 @@ class GonkaRefreshManager:
 
     def _client(self) -> Any:
         if self._http is None:
-            import httpx
-
             self._http = httpx.AsyncClient(
                 timeout=self.timeout,
                 follow_redirects=True,
@@ -627,8 +628,6 @@ class GonkaRefreshManager:
 
     # -- failures seen by the router ------------------------------------------------------
     def _on_failure(self, endpoint: Endpoint, failure: Failure) -> None:
-        from .policy import GonkaParticipantRefused
-
         if endpoint.group != self.group.group or failure.status not in _STALE_STATUSES:
             return
         if isinstance(failure.error, GonkaParticipantRefused):

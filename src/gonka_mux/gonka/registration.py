@@ -48,18 +48,42 @@ from collections.abc import Awaitable, Callable, Generator, Iterable, Mapping, S
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+import httpx
+import openai
+
+from gonka_mux.config import gonka_settings
+from gonka_mux.endpoint import Endpoint
+from gonka_mux.multiplexer import Multiplexer
+
+from .broker import BrokerClient, BrokerErrorPolicy, BrokerState, GonkaBroker, parse_broker_models
 from .config import DEFAULT_BROKER_FIELDS, GonkaConfig, GonkaEndpoint
-from .discovery import ClassicApiProbe, DiscoveryResult, GonkaParticipant
+from .discovery import (
+    ClassicApiProbe,
+    DiscoveryResult,
+    GonkaParticipant,
+    adiscover,
+    aprobe_classic_api,
+    discover,
+    parse_models,
+    probe_classic_api,
+)
 from .epochs import EpochInfo, parse_epoch_info
 from .errors import GonkaConfigError, GonkaDiscoveryError, GonkaError, GonkaNoParticipantsError
+from .keys import describe_shape
+from .policy import (
+    GonkaAccessRestricted,
+    GonkaErrorPolicy,
+    GonkaParticipantRefused,
+    RefusalTracker,
+)
+from .refresh import GonkaRefreshManager
+from .signing import ChainClockSync, NanoClock, make_signed_client, ssl_context_for
 
 if TYPE_CHECKING:
-    from gonka_mux.endpoint import Endpoint, EndpointTier
+    from gonka_mux.endpoint import EndpointTier
     from gonka_mux.routing.outcome import Failure
 
-    from .broker import BrokerState
-    from .refresh import GonkaRefreshManager
-    from .signing import ChainClockSync, NanoClock, RequestSigner
+    from .signing import RequestSigner
 
 __all__ = [
     "DEFAULT_GROUP",
@@ -162,8 +186,6 @@ class GonkaEndpointGroup:
         normalize_weights: bool = False,
         refusal_ttl: float = 300.0,
     ) -> None:
-        from .policy import RefusalTracker
-
         self.mux = mux
         self.signer = signer
         self.clock = clock
@@ -218,8 +240,6 @@ class GonkaEndpointGroup:
         key = (participant.address, participant.base_url)
         client = self._clients.get(key)
         if client is None:
-            from .signing import make_signed_client, ssl_context_for
-
             if self._ssl_context is None:
                 self._ssl_context = ssl_context_for()
             client = make_signed_client(
@@ -245,10 +265,6 @@ class GonkaEndpointGroup:
 
     def prepare(self, participants: Sequence[GonkaParticipant]) -> list[Endpoint]:
         """Endpoints for ``participants`` (existing ones reused), not yet in the Multiplexer."""
-        from gonka_mux.endpoint import Endpoint
-
-        from .policy import GonkaErrorPolicy
-
         usable = [p for p in participants if self.usable(p)]
         weights = self._weights(usable)
         prepared: list[Endpoint] = []
@@ -381,8 +397,6 @@ class GonkaEndpointGroup:
 
     # -- failures seen by the router ------------------------------------------------------
     def _on_failure(self, endpoint: Endpoint, failure: Failure) -> None:
-        from .policy import GonkaAccessRestricted, GonkaParticipantRefused
-
         if endpoint.group != self.group:
             return
         if isinstance(failure.error, GonkaAccessRestricted) and failure.error.participants:
@@ -543,16 +557,12 @@ def _get(url: str, timeout: float, headers: Mapping[str, str] | None = None) -> 
 
 
 def _discover(sources: tuple[str, ...], verify_proofs: bool, timeout: float) -> _IO:
-    from .discovery import adiscover, discover
-
     options = {"verify_proofs": verify_proofs, "timeout": timeout}
     return _IO(lambda: discover(sources, **options), lambda: adiscover(sources, **options))
 
 
 def _probe(urls: tuple[str, ...], timeout: float) -> _IO:
     """How the first of ``urls`` that answers serves the classic inference route."""
-    from .discovery import aprobe_classic_api, probe_classic_api
-
     network = _network_sources(urls)
     if not network:
         return _IO(lambda: None, _none)
@@ -569,7 +579,6 @@ async def _none() -> None:
 def _on_mux_loop(mux: Any, fn: Callable[[], Any]) -> _IO:
     """Call ``fn()`` on the Multiplexer's loop, where its registry lives: the sync face's own
     loop thread (``run``/``arun``); for the async face, the caller's thread or loop."""
-    from gonka_mux.multiplexer import Multiplexer
 
     async def call() -> Any:
         return fn()
@@ -594,8 +603,6 @@ def _on_start(mux: Any, starter: Callable[[], Awaitable[Any]]) -> _IO:
 
 
 async def _aget_json(url: str, timeout: float, headers: Mapping[str, str] | None = None) -> Any:
-    import httpx
-
     try:
         async with httpx.AsyncClient(timeout=timeout, follow_redirects=True) as http:
             response = await http.get(url, headers=dict(headers or {}))
@@ -605,8 +612,6 @@ async def _aget_json(url: str, timeout: float, headers: Mapping[str, str] | None
 
 
 def _get_json(url: str, timeout: float, headers: Mapping[str, str] | None = None) -> Any:
-    import httpx
-
     try:
         with httpx.Client(timeout=timeout, follow_redirects=True) as http:
             response = http.get(url, headers=dict(headers or {}))
@@ -643,8 +648,6 @@ def _explicit_participants(
 
 
 def _models_of(payload: Any) -> tuple[str, ...]:
-    from .discovery import parse_models
-
     return parse_models(payload)
 
 
@@ -693,8 +696,6 @@ class _Options:
 
 
 def _make_group(mux: Any, plan: _Plan, options: _Options) -> GonkaEndpointGroup:
-    from .signing import ChainClockSync, NanoClock
-
     if options.group in {ep.group for ep in mux.endpoints}:
         raise GonkaConfigError(
             "group",
@@ -773,7 +774,6 @@ def _make_manager(
     if not sources:
         logger.info("Gonka epoch refresh needs an http(s) source URL; it is off (file source)")
         return None
-    from .refresh import GonkaRefreshManager
 
     settings: dict[str, Any] = {
         "interval": cfg.refresh_interval_seconds,
@@ -829,7 +829,6 @@ def _config_section(mux: Any) -> GonkaConfig | None:
     data = getattr(mux, "config", None)
     if not isinstance(data, Mapping) or "gonka" not in data:
         return None
-    from gonka_mux.config import gonka_settings
 
     return gonka_settings(data["gonka"], getattr(mux, "config_source", "<dict>"))
 
@@ -1005,8 +1004,6 @@ async def aregister_gonka_models(
 
 def _broker_url(base_url: str) -> str:
     if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
-        from .keys import describe_shape
-
         raise GonkaConfigError(
             "base_url",
             "expected the broker's OpenAI base URL (https://.../v1); got "
@@ -1050,12 +1047,6 @@ def _broker_endpoint(
     caps: Mapping[str, int | None],
     options: _BrokerOptions,
 ) -> tuple[Endpoint, BrokerState]:
-    import openai
-
-    from gonka_mux.endpoint import Endpoint
-
-    from .broker import BrokerClient, BrokerErrorPolicy, BrokerState
-
     if not api_key or not isinstance(api_key, str):
         raise GonkaConfigError("api_key", "a broker needs its API key (sent as a Bearer token)")
     state = BrokerState(
@@ -1112,8 +1103,6 @@ def _broker(
     **options: Any,
 ) -> _Steps[Endpoint]:
     """Both faces of :func:`add_gonka_broker`."""
-    from .broker import GonkaBroker, parse_broker_models
-
     url = _broker_url(base_url)
     settings = _BrokerOptions(**options)
     caps: dict[str, int | None] = {}

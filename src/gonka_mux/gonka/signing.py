@@ -38,7 +38,7 @@ import time
 from collections.abc import AsyncGenerator, Callable, Generator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, Protocol
 
-from .errors import GonkaConfigError, GonkaSigningError
+from .errors import GonkaConfigError, GonkaDiscoveryError, GonkaError, GonkaSigningError
 from .keys import PrivateKey, load_private_key, requester_address, validate_address
 
 if TYPE_CHECKING:
@@ -106,12 +106,13 @@ class _CoincurveBackend:
     __slots__ = ("_ctx", "_ffi", "_key", "_lib", "_null", "_secret")
 
     def __init__(self, secret: bytes) -> None:
+        # optional extra: coincurve ('fast'); this backend is built only when it is installed.
         import coincurve
 
         self._key = coincurve.PrivateKey(secret)
         self._secret = secret
         self._lib: Any = None
-        try:
+        try:  # optional extra: coincurve's private cffi layout, which may differ by version
             from coincurve._libsecp256k1 import ffi, lib
             from coincurve.context import GLOBAL_CONTEXT
 
@@ -153,6 +154,8 @@ class _EcdsaBackend:
     __slots__ = ("_encode", "_key")
 
     def __init__(self, secret: bytes) -> None:
+        # Lazy: python-ecdsa costs ~45 ms to import and is the fallback only when the optional
+        # 'fast' extra (coincurve) is missing.
         import ecdsa
         from ecdsa.util import sigencode_string_canonize
 
@@ -423,6 +426,8 @@ def http_date_ns(value: str | None) -> int | None:
     """Unix nanoseconds of an HTTP ``Date`` header (RFC 7231, whole seconds), or None."""
     if not value:
         return None
+    # Lazy: email.utils adds ~7 ms to `import gonka_mux.gonka.signing` (~27 ms), which key-only
+    # users (RequestSigner without openai) pay otherwise.
     import email.utils
 
     try:
@@ -540,8 +545,8 @@ class ChainClockSync:
             return self._apply_date(date, observed_at) or self._resync_chain(request_url)
 
     def _resync_chain(self, request_url: str) -> bool:
+        # Lazy: discovery (with proofs, epochs) adds ~23 ms to `import gonka_mux.gonka.signing`.
         from .discovery import fetch_chain_status
-        from .errors import GonkaDiscoveryError, GonkaError
 
         for target in self._targets(request_url):
             started = time.time_ns()
@@ -562,6 +567,7 @@ class ChainClockSync:
             return True
         if self._apply_date(date, observed_at):
             return True
+        # Lazy: asyncio adds ~28 ms to `import gonka_mux.gonka.signing`; only async resync uses it.
         import asyncio
 
         loop = asyncio.get_running_loop()
@@ -582,8 +588,8 @@ class ChainClockSync:
         return ok
 
     async def _aresync_chain(self, request_url: str) -> bool:
+        # Lazy: discovery adds ~23 ms to `import gonka_mux.gonka.signing` (see _resync_chain).
         from .discovery import afetch_chain_status
-        from .errors import GonkaDiscoveryError, GonkaError
 
         for target in self._targets(request_url):
             started = time.time_ns()
@@ -701,6 +707,7 @@ def gonka_auth_flow(
 def ssl_context_for(async_: bool = True) -> Any:
     """A TLS context made the way the openai SDK's default HTTP client makes its own (CA
     bundle, ``SSL_CERT_FILE``...), to share between many signed clients."""
+    # Lazy: openai costs ~390 ms to import; signing and keys are used without it.
     import openai
 
     client_class = openai.DefaultAsyncHttpxClient if async_ else openai.DefaultHttpxClient
@@ -751,6 +758,7 @@ def make_signed_client(
     ``ssl_context`` (from :func:`ssl_context_for`) is shared instead of building one per
     client: building an HTTP client costs 20-50 ms, nearly all of it loading CA certificates.
     """
+    # Lazy: openai costs ~390 ms to import; signing and keys are used without it.
     import openai
 
     base_url, participant_address = _base_url(participant_or_base_url)

@@ -86,7 +86,7 @@ def _text(value: Any) -> str:
 
 
 def _load_nvml() -> Any:
-    import pynvml  # nvidia-ml-py
+    import pynvml  # optional extra: nvidia-ml-py ('serve'); no GPUs are reported without it
 
     return pynvml
 

@@ -32,6 +32,8 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import httpx
+
 from gonka_mux.serving.gpu import GpuSnapshot, read_gpus
 from gonka_mux.serving.metrics import VllmMetrics
 from gonka_mux.serving.supervisor import State, Supervisor
@@ -139,8 +141,6 @@ class HealthReporter:
 
     def _http(self) -> Any:
         if self._client is None:
-            import httpx
-
             self._client = httpx.AsyncClient(timeout=self._timeout_s)
         return self._client
 
@@ -156,8 +156,6 @@ class HealthReporter:
         return snapshot
 
     async def _get(self, path: str, **kwargs: Any) -> Any:
-        import httpx
-
         try:
             return await self._http().get(self.vllm_url + path, **kwargs)
         except httpx.HTTPError:

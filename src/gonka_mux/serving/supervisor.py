@@ -39,6 +39,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import httpx
+
 from gonka_mux.serving.command import redact_text
 from gonka_mux.serving.metrics import VllmMetrics
 
@@ -354,8 +356,6 @@ class Supervisor:
 
     async def run(self) -> int:
         """Supervise until a graceful stop (returns 0) or until restarts are exhausted (1)."""
-        import httpx
-
         self._client = httpx.AsyncClient(timeout=self.config.probe_timeout_s)
         if self.config.log_path is not None:
             self._log = _RotatingLog(
@@ -650,8 +650,6 @@ class Supervisor:
         return {"Authorization": f"Bearer {self._api_key}"} if self._api_key else {}
 
     async def _probe_ready(self) -> bool:
-        import httpx
-
         try:
             health = await self._client.get(self.base_url + "/health")
             if health.status_code != 200:
@@ -680,8 +678,6 @@ class Supervisor:
 
         A scrape younger than ``max_age_s`` is reused (the sidecar may be polled often).
         """
-        import httpx
-
         now = time.monotonic()
         if self.latest_metrics is not None and now - self._scraped_at < max_age_s:
             return self.latest_metrics
@@ -702,8 +698,6 @@ class Supervisor:
     async def _while_ready(
         self, proc: asyncio.subprocess.Process, exited: asyncio.Task[int], stop: asyncio.Task[bool]
     ) -> str:
-        import httpx
-
         failures = 0
         last_tokens: float | None = None
         last_progress = time.monotonic()

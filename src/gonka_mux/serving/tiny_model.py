@@ -64,6 +64,7 @@ def build_tiny_model(
 
     Needs ``torch``, ``transformers`` and ``tokenizers`` (all present wherever vLLM is installed).
     """
+    # optional: torch, tokenizers and transformers (in no extra); the script runs in vLLM's env
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast

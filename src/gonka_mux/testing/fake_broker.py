@@ -47,6 +47,7 @@ thread with its own event loop. ``requests`` records what arrived (:class:`Broke
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import math
@@ -210,14 +211,10 @@ class FakeBroker:
         self.stop()
 
     async def __aenter__(self) -> FakeBroker:
-        import asyncio
-
         await asyncio.to_thread(self.start)
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
-        import asyncio
-
         await asyncio.to_thread(self.stop)
 
     # ------------------------------------------------------------------ addresses

@@ -119,8 +119,11 @@ the fake falls back to python-ecdsa, which is then only independent of the coinc
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import email.utils
 import hashlib
+import importlib.util
 import json
 import random
 import re
@@ -140,6 +143,7 @@ from gonka_mux.testing._server import (
     StreamingResponse,
 )
 from gonka_mux.testing.fake_backend import FakeBackend, Faults, StatusError, _LoopThread
+from gonka_mux.testing.fake_broker import FakeBroker
 
 if TYPE_CHECKING:
     from gonka_mux.testing.fake_broker import FakeBroker
@@ -317,8 +321,6 @@ def _signed_message(body: bytes, timestamp: int, transfer_address: str) -> bytes
 
 
 def _have_cryptography() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("cryptography") is not None
 
 
@@ -338,6 +340,7 @@ def verify_signature(public_key: bytes, authorization: str, message: bytes) -> b
     if not (0 < r < SECP256K1_ORDER and 0 < s <= SECP256K1_ORDER // 2):
         return False
     if not _have_cryptography():
+        # optional extra: cryptography ('test'); python-ecdsa (~45 ms to import) stands in
         import ecdsa
         from ecdsa.util import sigdecode_string
 
@@ -348,6 +351,7 @@ def verify_signature(public_key: bytes, authorization: str, message: bytes) -> b
             )
         except (ecdsa.BadSignatureError, ValueError, ecdsa.MalformedPointError):
             return False
+    # optional extra: cryptography ('test')
     from cryptography.exceptions import InvalidSignature
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.asymmetric import ec
@@ -367,6 +371,7 @@ def _fake_key(label: str) -> tuple[Callable[[bytes], bytes], bytes, str]:
     secret = int.from_bytes(hashlib.sha256(label.encode()).digest(), "big") % SECP256K1_ORDER
     secret = secret or 1
     if not _have_cryptography():
+        # optional extra: cryptography ('test'); python-ecdsa (~45 ms to import) stands in
         import ecdsa
         from ecdsa.util import sigencode_der
 
@@ -377,6 +382,7 @@ def _fake_key(label: str) -> tuple[Callable[[bytes], bytes], bytes, str]:
             return sk.sign_deterministic(data, hashfunc=hashlib.sha256, sigencode=sigencode_der)
 
         return sign_ecdsa, public, address_from_public_key(public)
+    # optional extra: cryptography ('test')
     from cryptography.hazmat.primitives import hashes, serialization
     from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -432,8 +438,6 @@ def _escrow_tokens(body: Mapping[str, Any], *, legacy: bool = False) -> int:
 
 
 def _http_date(ns: int) -> str:
-    import email.utils
-
     return email.utils.formatdate(ns / 1e9, usegmt=True)
 
 
@@ -893,14 +897,10 @@ class FakeGonkaNetwork:
         self.stop()
 
     async def __aenter__(self) -> FakeGonkaNetwork:
-        import asyncio
-
         await asyncio.to_thread(self.start)
         return self
 
     async def __aexit__(self, *exc_info: Any) -> None:
-        import asyncio
-
         await asyncio.to_thread(self.stop)
 
     def _call_soon(self, function: Any) -> None:
@@ -958,8 +958,6 @@ class FakeGonkaNetwork:
         """Start a broker / devshard gateway requiring ``Authorization: Bearer <api_key>`` (a
         :class:`~gonka_mux.testing.fake_broker.FakeBroker` serving the epoch's models; stopped
         with the network; ``kwargs`` go to it). Its ``url`` ends with ``/v1``."""
-        from gonka_mux.testing.fake_broker import FakeBroker
-
         served = models if models is not None else sorted(self.epoch_models()) or ["fake-model"]
         kwargs.setdefault("name", "broker")
         broker = FakeBroker(api_key, models=served, **kwargs).start()
