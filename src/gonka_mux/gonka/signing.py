@@ -544,20 +544,36 @@ class ChainClockSync:
                 return True
             return self._apply_date(date, observed_at) or self._resync_chain(request_url)
 
-    def _resync_chain(self, request_url: str) -> bool:
-        # Lazy: discovery (with proofs, epochs) adds ~23 ms to `import gonka_mux.gonka.signing`.
-        from .discovery import fetch_chain_status
-
+    def _chain_steps(self, request_url: str) -> Generator[str, Any, bool]:
+        """One body for both faces: yields each node to read the chain time from, gets its
+        status sent back (or the read's ``GonkaError`` thrown in), returns whether it synced."""
         for target in self._targets(request_url):
             started = time.time_ns()
             try:
-                status = fetch_chain_status(target, timeout=self.timeout)
+                status = yield target
             except GonkaError as exc:
                 self._chain_unreadable(target, exc, GonkaDiscoveryError)
                 continue
             return self._apply_chain(status, (started + time.time_ns()) // 2)
         self._give_up(request_url)
         return False
+
+    def _resync_chain(self, request_url: str) -> bool:
+        # Lazy: discovery (with proofs, epochs) adds ~23 ms to `import gonka_mux.gonka.signing`.
+        from .discovery import fetch_chain_status
+
+        steps = self._chain_steps(request_url)
+        try:
+            target = next(steps)
+            while True:
+                try:
+                    status = fetch_chain_status(target, timeout=self.timeout)
+                except GonkaError as exc:
+                    target = steps.throw(exc)
+                else:
+                    target = steps.send(status)
+        except StopIteration as done:
+            return bool(done.value)
 
     async def aresync(
         self, request_url: str, date: str | None = None, observed_at: int | None = None
@@ -591,16 +607,18 @@ class ChainClockSync:
         # Lazy: discovery adds ~23 ms to `import gonka_mux.gonka.signing` (see _resync_chain).
         from .discovery import afetch_chain_status
 
-        for target in self._targets(request_url):
-            started = time.time_ns()
-            try:
-                status = await afetch_chain_status(target, timeout=self.timeout)
-            except GonkaError as exc:
-                self._chain_unreadable(target, exc, GonkaDiscoveryError)
-                continue
-            return self._apply_chain(status, (started + time.time_ns()) // 2)
-        self._give_up(request_url)
-        return False
+        steps = self._chain_steps(request_url)
+        try:
+            target = next(steps)
+            while True:
+                try:
+                    status = await afetch_chain_status(target, timeout=self.timeout)
+                except GonkaError as exc:
+                    target = steps.throw(exc)
+                else:
+                    target = steps.send(status)
+        except StopIteration as done:
+            return bool(done.value)
 
     def _chain_unreadable(self, target: str, exc: Exception, discovery_error: type) -> None:
         status = getattr(exc, "status_code", None) if isinstance(exc, discovery_error) else None
