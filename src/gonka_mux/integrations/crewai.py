@@ -81,6 +81,35 @@ class _Reply:
     response_id: str | None = None
 
 
+# Keyword arguments that configure an OpenAI *client*, not a request: CrewAI's base class would
+# keep them in additional_params and this adapter would send them upstream in the body.
+_CLIENT_KWARGS = frozenset(
+    {
+        "api_key",
+        "base_url",
+        "api_base",
+        "organization",
+        "project",
+        "default_headers",
+        "http_client",
+        "api_version",
+    }
+)
+
+
+def _check_client_kwargs(params: dict[str, Any]) -> None:
+    """Refuse client options (the Multiplexer's endpoints own keys and URLs); drop
+    ``max_retries`` (the Multiplexer owns retries); ``timeout`` is a per-attempt option."""
+    wrong = sorted(set(params) & _CLIENT_KWARGS)
+    if wrong:
+        raise TypeError(
+            f"MultiplexerLLM does not take {', '.join(wrong)}: keys and URLs belong to the "
+            "Multiplexer's endpoints (mux.add_endpoint(url, api_key=...))"
+        )
+    if params.get("max_retries") is not None:
+        log.debug("MultiplexerLLM: max_retries ignored, the Multiplexer owns retries")
+
+
 class MultiplexerLLM(BaseLLM):
     """A CrewAI ``BaseLLM`` that sends every call through a gonka_mux Multiplexer.
 
@@ -91,8 +120,10 @@ class MultiplexerLLM(BaseLLM):
     prepend stored history: CrewAI sends the whole conversation itself). ``context_window``: the
     model's window in tokens. ``native_tools=False`` makes CrewAI fall back to its ReAct text
     format. ``send_stop=True`` also sends the stop words upstream. ``response_format``: a
-    pydantic model or an OpenAI ``response_format`` dict used on every call. Other keyword
-    arguments (``top_k=...``) land in ``additional_params`` and are sent in the request body.
+    pydantic model or an OpenAI ``response_format`` dict used on every call. ``timeout`` is the
+    per-attempt timeout; ``max_retries`` is ignored (the Multiplexer owns retries); client
+    options (``api_key``, ``base_url``...) are refused. Other keyword arguments (``top_k=...``)
+    land in ``additional_params`` and are sent in the request body.
     """
 
     llm_type: str = "gonka-mux"
@@ -115,6 +146,10 @@ class MultiplexerLLM(BaseLLM):
         super().model_post_init(context)
         if self.context_window <= 0:
             raise ValueError(f"context_window must be > 0 tokens, got {self.context_window}")
+        given = {k: True for k in ("api_key", "base_url") if getattr(self, k, None)}
+        _check_client_kwargs({**given, **self.additional_params})
+        for key in ("max_retries",):
+            self.additional_params.pop(key, None)
         self._bridge = ChatBridge(self.mux)
 
     # -- capabilities CrewAI asks about -----------------------------------------------------

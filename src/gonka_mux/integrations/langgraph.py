@@ -65,6 +65,7 @@ from langgraph.store.base.embed import get_text_at_path
 
 from gonka_mux._portal import Portal
 from gonka_mux.memory import MemoryItem, MemoryStore
+from gonka_mux.sessions import DiskSessionStore, MemorySessionStore, RedisSessionStore
 
 log = logging.getLogger("gonka_mux.integrations.langgraph")
 
@@ -121,6 +122,38 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         if self._close_store and self._portal._loop is not None:
             self._portal.call(self.store.aclose())
         self._portal.close()
+
+    # -- as LangGraph's own savers are used -------------------------------------------------
+    @classmethod
+    def from_conn_string(cls, conn_string: str, **kwargs: Any) -> SessionStoreSaver:
+        """A saver over its own store, closed with it: ``"memory"``, ``"disk"`` (the state
+        directory), a directory path, or a ``redis://`` URL. Use it as LangGraph's savers are
+        used: ``with SessionStoreSaver.from_conn_string(url) as saver:`` (or ``async with``)."""
+        if not isinstance(conn_string, str) or not conn_string:
+            raise ValueError(
+                "from_conn_string needs 'memory', 'disk', a directory path or a redis:// URL"
+            )
+        if conn_string.startswith(("redis://", "rediss://", "unix://")):
+            store: Any = RedisSessionStore(conn_string)
+        elif conn_string == "memory":
+            store = MemorySessionStore()
+        elif conn_string == "disk":
+            store = DiskSessionStore()
+        else:
+            store = DiskSessionStore(conn_string)
+        return cls(store, close_store=True, **kwargs)
+
+    def __enter__(self) -> SessionStoreSaver:
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        self.close()
+
+    async def __aenter__(self) -> SessionStoreSaver:
+        return self
+
+    async def __aexit__(self, *exc_info: Any) -> None:
+        await asyncio.to_thread(self.close)  # close() waits for the saver's own loop thread
 
     # -- running on the saver's loop --------------------------------------------------------
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:

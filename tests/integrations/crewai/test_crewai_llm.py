@@ -214,3 +214,13 @@ def test_context_window_and_token_estimate(mux):
     assert llm.get_input_tokens_count("abcdefgh") == 2
     with pytest.raises(ValueError, match="context_window"):
         MultiplexerLLM(mux=mux, model=MODEL, context_window=0)
+
+
+def test_client_options_are_refused_and_max_retries_is_not_sent(backend, mux):
+    """Constructor kwargs that configure a client never reach the request body."""
+    with pytest.raises(TypeError, match="api_key"):
+        MultiplexerLLM(mux=mux, model=MODEL, api_key="sk-not-for-the-body")
+    llm = MultiplexerLLM(mux=mux, model=MODEL, max_retries=1, top_k=5)
+    llm.call("hi")
+    body = backend.requests[-1].json
+    assert "max_retries" not in body and body["top_k"] == 5

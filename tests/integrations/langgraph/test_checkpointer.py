@@ -162,3 +162,23 @@ async def test_sessions_are_namespaced_away_from_mux_sessions(make_store, saver_
 def test_rejects_objects_that_are_not_session_stores():
     with pytest.raises(TypeError, match="session store"):
         SessionStoreSaver(object())
+
+
+def test_from_conn_string_and_context_managers(tmp_path):
+    """As LangGraph's own savers: ``with Saver.from_conn_string(...) as saver`` (and async)."""
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    config = {"configurable": {"thread_id": "t1", "checkpoint_ns": ""}}
+    with SessionStoreSaver.from_conn_string(str(tmp_path / "cp")) as saver:
+        saver.put(config, empty_checkpoint(), {"source": "input", "step": 0}, {})
+        assert saver.get_tuple(config) is not None
+    with SessionStoreSaver.from_conn_string(str(tmp_path / "cp")) as again:  # persisted
+        assert again.get_tuple(config) is not None
+    with pytest.raises(ValueError, match="from_conn_string"):
+        SessionStoreSaver.from_conn_string("")
+
+
+async def test_async_context_manager():
+    async with SessionStoreSaver.from_conn_string("memory") as saver:
+        config = {"configurable": {"thread_id": "t", "checkpoint_ns": ""}}
+        assert await saver.aget_tuple(config) is None
