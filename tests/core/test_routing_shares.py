@@ -314,7 +314,7 @@ def test_peak_ewma_goes_stale_on_its_own_time_scale():
     assert fast.fresh_for() == pytest.approx(0.6)
     tiny = PeakEwma(decay_tau=10.0)
     tiny.observe(0.001, 0.0)
-    assert tiny.fresh_for() == 0.5  # the floor
+    assert tiny.fresh_for() == 0.1  # the floor
 
 
 def test_peak_ewma_peak_and_blend():

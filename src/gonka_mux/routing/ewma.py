@@ -39,7 +39,7 @@ class PeakEwma:
     """
 
     DECAY_SCALE = 10.0
-    DECAY_FLOOR = 0.5
+    DECAY_FLOOR = 0.1
 
     __slots__ = (
         "_fresh_for",
@@ -87,7 +87,9 @@ class PeakEwma:
 
     def observe(self, rtt: float, now: float) -> None:
         """A measured latency: above the estimate (or on a stale one), it replaces it."""
-        if self.samples == 0 or rtt > self.cost or now - self._stamp > self._fresh_for:
+        fresh = self.samples > 0 and now - self._stamp <= self._fresh_for
+        previous = self.cost
+        if not fresh or rtt > self.cost:
             self.cost = rtt
         else:
             elapsed = now - self._stamp
@@ -95,7 +97,12 @@ class PeakEwma:
             self.cost = self.cost * w + rtt * (1.0 - w)
         self._stamp = now
         self.samples += 1
-        self._fresh_for = self.fresh_for()
+        # How long it counts scales with the endpoint's usual latency, not with one outlier: a
+        # single slow answer of a fast endpoint (a GC pause, a cold connection) is re-measured
+        # within ~10 of its usual latencies, so the busier endpoints (which see more outliers)
+        # do not lose their share at light load; a slow endpoint stays slow once measured.
+        basis = min(previous, self.cost) if fresh else self.cost
+        self._fresh_for = min(self.decay_tau, max(self.DECAY_FLOOR, self.DECAY_SCALE * basis))
 
     def observe_at_least(self, elapsed: float, now: float) -> None:
         """An attempt was abandoned after ``elapsed`` seconds (a hedge that lost, a caller that
