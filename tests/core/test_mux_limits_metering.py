@@ -102,8 +102,22 @@ async def test_metering_records_each_request_once(fleet):
     assert first.cost and first.cost > 0
     streamed = next(rec for rec in records if rec.session_id is None)
     assert streamed.completion_tokens > 0 and streamed.ttft is not None
+    assert first.ttft is None  # a non-streamed reply has no first token of its own
     totals = UsageQuery(records).totals()
     assert totals.requests == 2
+
+
+async def test_a_failed_request_is_metered_against_the_endpoint_it_tried(fleet):
+    """Not against "none": Prometheus and `gonka-mux usage` show which endpoint failed."""
+    fleet["a"].set_faults(Faults(rate_500=1.0))
+    fleet["b"].set_faults(Faults(rate_500=1.0))
+    mux = mux_with(fleet, max_attempts=1, hedging=None)
+    meter = mux.enable_metering("memory")
+    with pytest.raises(openai.APIStatusError):
+        await mux.chat.completions.create(model="m", messages=MSG)
+    await mux.aclose()
+    (record,) = meter.store.select()
+    assert record.status == "error" and record.endpoint in ("a", "b")
 
 
 async def test_metering_marks_hedged_requests_and_does_not_double_count(fleet):

@@ -30,6 +30,17 @@ def _get(obj: Any, name: str) -> Any:
     return getattr(obj, name, None)
 
 
+def _endpoint_of(ctx: Any) -> str | None:
+    """The endpoint that served the request, or, for a failed one, where its last attempt went
+    (so a failure is counted against an endpoint, not against "none")."""
+    if ctx.endpoint is not None:
+        return str(ctx.endpoint.name)
+    for attempt in reversed(ctx.attempts):
+        if attempt.endpoint:
+            return str(attempt.endpoint)
+    return None
+
+
 @register_feature
 class MeteringFeature(Feature):
     name = "metering"
@@ -105,13 +116,15 @@ class MeteringFeature(Feature):
                 served_model=served,
                 tier=getattr(decision, "tier", None),
                 tiering_reason=getattr(decision, "reason", None),
-                endpoint=ctx.endpoint.name if ctx.endpoint is not None else None,
+                endpoint=_endpoint_of(ctx),
                 attempts=attempts,
                 prompt_tokens=int(_get(usage, "prompt_tokens") or 0),
                 completion_tokens=int(_get(usage, "completion_tokens") or 0),
                 reasoning_tokens=int(_get(details, "reasoning_tokens") or 0),
                 latency=ctx.latency,
-                ttft=ctx.ttfb,
+                # time to first token: a stream's first chunk; a non-streamed reply has none
+                # (its first byte is the whole answer, which `latency` already says)
+                ttft=ctx.ttfb if ctx.stream else None,
                 status=_STATUS.get(ctx.status, "error"),
                 error=error,
                 hedged=ctx.hedged,
