@@ -21,7 +21,7 @@ from .errors import StreamInterrupted
 
 if TYPE_CHECKING:
     from ._core import MuxCore, RequestContext, _Success
-    from ._portal import Portal
+    from ._loop_thread import Portal
 
 log = logging.getLogger("gonka_mux.stream")
 

@@ -27,7 +27,7 @@ from ._core import (
     RequestKind,
     RoutingSettings,
 )
-from ._portal import Portal
+from ._loop_thread import Portal
 from ._urls import check_base_url
 from .endpoint import Endpoint, EndpointTier, shown_url
 from .features import Feature

@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
+import starlette  # noqa: F401  (the gateway extra is in the test extra: missing is a failure)
+import uvicorn  # noqa: F401
 import yaml
 from _serving_support import fake_vllm_cmd, free_port
 
@@ -32,9 +33,6 @@ from gonka_mux.serving.supervisor import State, Supervisor, SupervisorConfig
 DOCKER = Path(__file__).resolve().parents[2] / "docker"
 GONKA_MUX = str(Path(sys.executable).with_name("gonka-mux"))
 ADMIN = secrets.token_urlsafe(32)  # what a user exports as GONKA_ADMIN_API_KEY
-
-pytest.importorskip("starlette")
-pytest.importorskip("uvicorn")
 
 
 def compose_gateway() -> tuple[list[str], dict[str, str]]:

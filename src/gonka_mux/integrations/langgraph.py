@@ -63,7 +63,7 @@ from langgraph.store.base import (
 )
 from langgraph.store.base.embed import get_text_at_path
 
-from gonka_mux._portal import Portal
+from gonka_mux._loop_thread import Portal
 from gonka_mux.memory import MemoryItem, MemoryStore
 from gonka_mux.sessions import DiskSessionStore, MemorySessionStore, RedisSessionStore
 
@@ -112,16 +112,16 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
         self.store = store
         self.session_prefix = session_prefix
         self._close_store = close_store
-        self._portal = Portal("gonka-mux-checkpointer")
+        self._thread = Portal("gonka-mux-checkpointer")
 
     def __repr__(self) -> str:
         return f"SessionStoreSaver({self.store!r})"
 
     def close(self) -> None:
         """Stop the saver's loop thread (and close the store when ``close_store=True``)."""
-        if self._close_store and self._portal._loop is not None:
-            self._portal.call(self.store.aclose())
-        self._portal.close()
+        if self._close_store and self._thread._loop is not None:
+            self._thread.call(self.store.aclose())
+        self._thread.close()
 
     # -- as LangGraph's own savers are used -------------------------------------------------
     @classmethod
@@ -157,10 +157,10 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
 
     # -- running on the saver's loop --------------------------------------------------------
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
-        return self._portal.call(coro)
+        return self._thread.call(coro)
 
     async def _arun(self, coro: Coroutine[Any, Any, T]) -> T:
-        future = asyncio.run_coroutine_threadsafe(coro, self._portal.loop)
+        future = asyncio.run_coroutine_threadsafe(coro, self._thread.loop)
         return await asyncio.wrap_future(future)
 
     # -- keys and records -------------------------------------------------------------------

@@ -1,6 +1,6 @@
 """When to stop failing over: small composable values, in the style of tenacity's ``stop``.
 
-A stop condition is called with the request's :class:`~gonka_mux._core.RouteState` before each
+A stop condition is called with the request's routing state (``RouteState``) before each
 extra attempt (a failover; the first attempt is always made) and returns ``None`` to go on or
 a short reason to stop. Combine them with ``|`` (stop when either says so)::
 
