@@ -8,12 +8,10 @@ sidecar (the JSON state the Multiplexer polls), both real loopback servers.
 from __future__ import annotations
 
 import asyncio
-import json
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from _serving_support import StateSidecar
 
 from gonka_mux import AsyncMultiplexer, HealthPolicy, Multiplexer
 from gonka_mux.testing import FakeBackend, Faults
@@ -22,42 +20,10 @@ MSG = [{"role": "user", "content": "hi"}]
 POLL = 0.1
 
 
-class Sidecar:
-    """Answers like gonka-serve's health sidecar: ``{"state": ..., "models": [...]}``."""
-
-    def __init__(self, models: list[str]) -> None:
-        self.state = "ready"
-        self.models = models
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a: object) -> None:
-                pass
-
-            def do_GET(self) -> None:
-                body = json.dumps(
-                    {"state": outer.state, "models": outer.models, "queue": {"running": 0}}
-                ).encode()
-                self.send_response(200 if outer.state == "ready" else 503)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/health"
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
-
-
 @pytest.fixture
 def node():
     with FakeBackend(models=["tiny"], name="gpu") as fb:
-        sidecar = Sidecar(["tiny"])
+        sidecar = StateSidecar(["tiny"]).start()
         try:
             yield fb, sidecar
         finally:
