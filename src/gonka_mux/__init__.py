@@ -37,6 +37,7 @@ _EXPORTS: dict[str, str] = {
     # errors
     "GonkaMuxError": ".errors",
     "ConfigError": ".errors",
+    "StoreUnavailableError": ".errors",
     "RateLimitError": ".errors",
     "AllEndpointsFailed": ".errors",
     "AllEndpointsRateLimited": ".errors",
@@ -83,6 +84,7 @@ __all__ = [  # a literal list, so type checkers see the re-exports (tests check 
     "RetryBudget",
     "RoundRobin",
     "RoutingSettings",
+    "StoreUnavailableError",
     "StreamInterrupted",
     "WeightedRandom",
     "__version__",
@@ -109,6 +111,7 @@ if TYPE_CHECKING:
         ModelNotFound,
         NoEndpointAvailable,
         RateLimitError,
+        StoreUnavailableError,
         StreamInterrupted,
     )
     from .gonka import (

@@ -6,7 +6,7 @@ config parsing) import from here so they stay cheap to import.
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "GonkaMuxError"]
+__all__ = ["ConfigError", "GonkaMuxError", "StoreUnavailableError"]
 
 
 class GonkaMuxError(Exception):
@@ -35,3 +35,20 @@ class ConfigError(GonkaMuxError, ValueError):
         if expected:
             full += f" (expected {expected})"
         super().__init__(full)
+
+
+class StoreUnavailableError(GonkaMuxError, ConnectionError):
+    """A shared store (Redis, PostgreSQL) cannot be reached right now; retry later.
+
+    Raised by sessions and memory when their engine is away, instead of the driver's own
+    exception, so callers can catch one type. ``backend`` names the engine ("redis",
+    "postgresql"), ``retry_after`` suggests a wait in seconds. The message never holds the
+    store's password.
+    """
+
+    retryable = True
+
+    def __init__(self, message: str, *, backend: str, retry_after: float = 1.0) -> None:
+        self.backend = backend
+        self.retry_after = retry_after
+        super().__init__(message)

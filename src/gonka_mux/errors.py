@@ -16,7 +16,7 @@ from typing import Any
 
 import openai
 
-from ._exceptions import ConfigError, GonkaMuxError
+from ._exceptions import ConfigError, GonkaMuxError, StoreUnavailableError
 
 try:  # openai 3.x is built on httpx2, openai 2.x on httpx.
     import httpx2 as _http  # type: ignore[import-not-found]
@@ -41,6 +41,7 @@ __all__ = [
     "MuxErrorMixin",
     "NoEndpointAvailable",
     "RateLimitError",
+    "StoreUnavailableError",
     "StreamInterrupted",
     "make_status_error",
 ]
