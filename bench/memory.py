@@ -1,32 +1,43 @@
-"""Memory store benchmark: insert and search latency at 100k entries of ~30 words.
+"""Memory store benchmark: insert and search latency at 100k entries of ~30 words, SQLite and
+PostgreSQL side by side.
 
-Target (issue 5, AGNT-02): search p50 <= 2 ms and insert <= 1 ms at 100k entries.
+Targets (issues 5 and 17): at 100k entries, SQLite search p50 <= 2 ms (3 and 10 words) and insert
+<= 1 ms; PostgreSQL 3-word search p50 <= 5 ms and insert <= 2 ms.
 
 The corpus is generated deterministically (seeded): a 20k-word synthetic vocabulary drawn with a
 Zipf distribution (s=1), as word frequencies in real text are, so queries contain common words
 that match most entries; texts are 25-35 words. Queries are 3, 5 or 10 distinct words sampled
-from a random entry. A real SQLite file in a temp dir, WAL journal.
+from a random entry. SQLite: a real file in a temp dir, WAL journal. PostgreSQL: ``--pg URL``
+(an empty database: the store's tables are created there), else a throwaway server started like
+the tests do (``tests/_postgres.py``: needs PostgreSQL installed; run from the repository root).
 
-    .venv/bin/python bench/memory.py [--entries 100000] [--queries 500] [--fallback] [--baseline]
+    .venv/bin/python bench/memory.py [--entries 100000] [--queries 500]
+        [--backends sqlite,postgresql] [--pg URL] [--fallback] [--baseline]
 
 ``--fallback`` runs the pure-Python BM25 index instead of FTS5; ``--baseline`` also times FTS5's
-own ``ORDER BY bm25()`` over the same data for comparison.
+own ``ORDER BY bm25()`` over the same data for comparison. Both stores get the same entries in
+the same order, and the benchmark checks they return the same top 5 for every query.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import itertools
 import random
+import shutil
 import statistics
+import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from gonka_mux.memory import MemoryStore
 
 SYLLABLES = ["ka", "lo", "mi", "ran", "te", "so", "vu", "pel", "dor", "ni"]
 SYLLABLES += ["sha", "gu", "ber", "ta", "lin", "qua", "zo", "fe", "mar", "os"]
+WORDS = (3, 5, 10)
 
 
 def make_corpus(entries: int, vocab_size: int = 20_000, seed: int = 7) -> list[str]:
@@ -53,77 +64,127 @@ def make_queries(corpus: list[str], count: int, words: int, seed: int) -> list[s
     return queries
 
 
-def percentiles(samples: list[float]) -> str:
+def at(samples: list[float], q: float) -> float:
+    """The ``q`` quantile, in milliseconds."""
     ordered = sorted(samples)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
-    def at(q: float) -> float:
-        return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
 
-    return f"p50 {at(0.50):.3f} ms  p90 {at(0.90):.3f} ms  p99 {at(0.99):.3f} ms"
+def percentiles(samples: list[float]) -> str:
+    return (
+        f"p50 {at(samples, 0.5):.3f} ms  p90 {at(samples, 0.9):.3f} ms  "
+        f"p99 {at(samples, 0.99):.3f} ms"
+    )
+
+
+@contextlib.contextmanager
+def postgres(url: str | None) -> Iterator[str]:
+    """``url``, or a fresh database on a throwaway server (as the tests start one)."""
+    if url:
+        yield url
+        return
+    root = Path(__file__).resolve().parents[1]
+    if str(root) not in sys.path:
+        sys.path.insert(0, str(root))
+    from tests._postgres import running_postgres
+
+    directory = Path(tempfile.mkdtemp(prefix="gonka-mux-bench-pg-"))
+    try:
+        with running_postgres(directory) as server:
+            yield server.fresh_database()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def run(
+    store: MemoryStore,
+    bulk: list[str],
+    extra: list[str],
+    queries: dict[int, list[str]],
+) -> tuple[dict[str, float], dict[int, list[list[str]]]]:
+    """Load, time inserts and searches; returns the p50s (ms) and each query's top keys."""
+    print(f"\n{store!r}, {len(bulk)} entries of 25-35 words (Zipf vocabulary of 20k)")
+    started = time.perf_counter()
+    for start in range(0, len(bulk), 1000):
+        chunk = bulk[start : start + 1000]
+        store.put_many("bench", [{"text": t, "key": f"b{start + i}"} for i, t in enumerate(chunk)])
+    print(f"bulk load (put_many, 1000 per call): {time.perf_counter() - started:.1f} s")
+    started = time.perf_counter()
+    store.optimize()
+    print(f"store.optimize(): {time.perf_counter() - started:.2f} s")
+
+    inserts, insert_cpu = [], []
+    for i, text in enumerate(extra):
+        t0, c0 = time.perf_counter(), time.thread_time()
+        store.put("bench", text, key=f"x{i}")
+        inserts.append(time.perf_counter() - t0)
+        insert_cpu.append(time.thread_time() - c0)
+    print(
+        f"insert (put, one transaction each, {len(extra)} at {len(bulk)}): "
+        f"{percentiles(inserts)}  mean {statistics.fmean(inserts) * 1000:.3f} ms  "
+        f"cpu p50 {at(insert_cpu, 0.5):.3f} ms"
+    )
+    result = {"insert": at(inserts, 0.5)}
+    tops: dict[int, list[list[str]]] = {}
+    print("search k=5 (wall time; cpu = this thread's CPU time, unaffected by other load):")
+    for words, batch in queries.items():
+        for query in batch[:20]:  # warm the caches
+            store.search("bench", query)
+        wall, cpu, top = [], [], []
+        for query in batch:
+            t0, c0 = time.perf_counter(), time.thread_time()
+            hits = store.search("bench", query, k=5)
+            wall.append(time.perf_counter() - t0)
+            cpu.append(time.thread_time() - c0)
+            top.append([h.key for h in hits])
+        print(
+            f"  {words:2d}-word queries ({len(batch)}): {percentiles(wall)}  "
+            f"cpu p50 {at(cpu, 0.5):.3f} ms"
+        )
+        result[f"{words}-word"] = at(wall, 0.5)
+        tops[words] = top
+    return result, tops
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--entries", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=500)
+    parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--pg", metavar="URL", help="an empty PostgreSQL database to use")
     parser.add_argument("--fallback", action="store_true", help="pure-Python BM25, no FTS5")
     parser.add_argument("--baseline", action="store_true", help="also time FTS5's bm25()")
     args = parser.parse_args()
+    backends = [b.strip() for b in args.backends.split(",") if b.strip()]
 
     corpus = make_corpus(args.entries + 2_000)
     bulk, extra = corpus[: args.entries], corpus[args.entries :]
+    queries = {words: make_queries(bulk, args.queries, words, seed=words) for words in WORDS}
+    results: dict[str, dict[str, float]] = {}
+    tops: dict[str, dict[int, list[list[str]]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        store = MemoryStore(Path(tmp) / "memory.sqlite3", use_fts5=not args.fallback)
-        print(f"{store!r}, {args.entries} entries of 25-35 words (Zipf vocabulary of 20k)")
+        if "sqlite" in backends:
+            store = MemoryStore(Path(tmp) / "memory.sqlite3", use_fts5=not args.fallback)
+            name = "sqlite" + (" (python)" if args.fallback else "")
+            results[name], tops["sqlite"] = run(store, bulk, extra, queries)
+            store.close()
+            if args.baseline and not args.fallback:
+                baseline(Path(tmp), bulk, queries[3][:100])
+        if "postgresql" in backends:
+            with postgres(args.pg) as url:
+                store = MemoryStore(url)
+                results["postgresql"], tops["postgresql"] = run(store, bulk, extra, queries)
+                store.close()
 
-        started = time.perf_counter()
-        for start in range(0, len(bulk), 1000):
-            store.put_many("bench", bulk[start : start + 1000])
-        elapsed = time.perf_counter() - started
-        print(f"bulk load (put_many, 1000 per call): {elapsed:.1f} s")
-
-        inserts, insert_cpu = [], []
-        for text in extra:
-            t0, c0 = time.perf_counter(), time.thread_time()
-            store.put("bench", text)
-            inserts.append(time.perf_counter() - t0)
-            insert_cpu.append(time.thread_time() - c0)
-        print(
-            f"insert (put, one transaction each, {len(extra)} at {args.entries}): "
-            f"{percentiles(inserts)}  mean {statistics.fmean(inserts) * 1000:.3f} ms  "
-            f"cpu p50 {sorted(insert_cpu)[len(insert_cpu) // 2] * 1000:.3f} ms "
-            f"mean {statistics.fmean(insert_cpu) * 1000:.3f} ms"
-        )
-
-        print("search k=5 (wall time; cpu = this thread's CPU time, unaffected by other load):")
-        queries = {
-            words: make_queries(bulk, args.queries, words, seed=words) for words in (3, 5, 10)
-        }
-        time_searches(store, queries, "as loaded")
-        started = time.perf_counter()
-        store.optimize()
-        print(f"store.optimize(): {time.perf_counter() - started:.2f} s")
-        time_searches(store, queries, "optimized")
-
-        if args.baseline and not args.fallback:
-            baseline(Path(tmp), bulk, make_queries(bulk, min(args.queries, 100), 3, seed=3))
-        store.close()
-
-
-def time_searches(store: MemoryStore, queries: dict[int, list[str]], label: str) -> None:
-    for words, batch in queries.items():
-        for query in batch[:20]:  # warm the page cache
-            store.search("bench", query)
-        wall, cpu = [], []
-        for query in batch:
-            t0, c0 = time.perf_counter(), time.thread_time()
-            store.search("bench", query, k=5)
-            wall.append(time.perf_counter() - t0)
-            cpu.append(time.thread_time() - c0)
-        print(
-            f"  {label}, {words:2d}-word queries ({len(batch)}): {percentiles(wall)}  "
-            f"cpu p50 {sorted(cpu)[len(cpu) // 2] * 1000:.3f} ms"
-        )
+    if len(tops) == 2:
+        first, second = tops.values()
+        differ = sum(a != b for w in WORDS for a, b in zip(first[w], second[w], strict=True))
+        print(f"\nsame top 5 in both stores: {'yes' if not differ else f'no, {differ} differ'}")
+    columns = ["insert", *(f"{w}-word" for w in WORDS)]
+    print(f"\np50 in ms at {args.entries} entries (search k=5)")
+    print(f"{'backend':<16}" + "".join(f"{c:>10}" for c in columns))
+    for name, row in results.items():
+        print(f"{name:<16}" + "".join(f"{row[c]:>10.3f}" for c in columns))
 
 
 def baseline(tmp: Path, corpus: list[str], queries: list[str]) -> None:

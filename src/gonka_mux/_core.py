@@ -35,9 +35,10 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, TypeVar
 
 from ._registry import DEFAULT_POOL, EndpointRegistry, Pool
-from ._validate import check_call
+from ._validate import check_call, dumps_body
 from .context import CHAT, COMPLETIONS, EMBEDDINGS, Extension, RequestContext, RequestKind
 from .endpoint import Endpoint
+from .features import Slot
 from .routing.budget import RetryBudget
 from .routing.hedging import HedgePolicy
 from .routing.outcome import ErrorPolicy, Failure, Fault
@@ -71,6 +72,22 @@ __all__ = [
 
 _default_error_policy = ErrorPolicy()
 T = TypeVar("T")
+
+#: Set by a ``before`` hook that answers the request itself (the response cache): for a plain
+#: request, the response ``execute`` returns; for a stream, a callable ``make(finish)`` giving
+#: an object shaped like AsyncChunkStream that awaits ``finish(ctx)`` (the after hooks) when it
+#: ends. The later before hooks and routing are skipped; the after hooks still run, with
+#: ``ctx.usage`` None (no upstream tokens were spent).
+SERVED: Slot[Any] = Slot("core.served")
+#: A list-like ``append(chunk)`` sink a ``before`` hook may set to see every chunk of the
+#: stream the request opens (the response cache records streams this way).
+STREAM_TAP: Slot[Any] = Slot("core.stream_tap")
+#: Set by ``execute(relay=True)`` (the gateway): endpoints with a plain openai client are sent
+#: to by ``_hop.DirectHop`` (the SDK's request built once, not per call).
+RELAY: Slot[bool] = Slot("core.relay")
+#: Set by ``execute(relay=True)`` for a stream no tap needs chunk objects of: the stream reads
+#: the upstream's SSE as bytes (``_raw_stream``) and yields SSE bytes to relay.
+RAW_SSE: Slot[bool] = Slot("core.raw_sse")
 
 
 class RouteState:
@@ -265,7 +282,13 @@ class MuxCore:
         options: CallOptions,
         *,
         stream: bool,
+        relay: bool = False,
     ) -> Any:
+        """Run one request. ``relay`` (the gateway, which relays the result over HTTP): send
+        with a :class:`~gonka_mux._hop.DirectHop` where the endpoint's client allows, and a
+        stream yields ``bytes`` of SSE events to relay as they came (one or more
+        ``data: ...\\n\\n`` events) instead of chunk objects, unless something needs the
+        objects (a stream tap; a locally served stream yields objects too)."""
         extra_body = request_options.get("extra_body")
         if extra_body:
             # merged here, as openai merges it, so the body is checked and sent as one
@@ -282,6 +305,12 @@ class MuxCore:
         try:
             for ext in exts:
                 await ext.before(ctx)
+                if SERVED in ctx.slots:  # answered without routing (a cache hit)
+                    return await self._serve_local(ctx, ctx.slots[SERVED])
+            if relay:
+                ctx.slots[RELAY] = True
+                if stream and STREAM_TAP not in ctx.slots:
+                    ctx.slots[RAW_SSE] = True
             if stream and self.wants_stream_usage:
                 so = ctx.params.get("stream_options")
                 if not (isinstance(so, Mapping) and so.get("include_usage")):
@@ -319,6 +348,14 @@ class MuxCore:
         ctx.usage = getattr(result, "usage", None)
         if exts:
             await self._run_after(ctx)
+        return result
+
+    async def _serve_local(self, ctx: RequestContext, result: Any) -> Any:
+        if ctx.stream:
+            return result(self.finish_stream)  # the stream runs the after hooks when it ends
+        ctx.status = "ok"
+        ctx.response = result
+        await self._run_after(ctx)
         return result
 
     async def run_startup(self) -> None:
@@ -582,15 +619,34 @@ class MuxCore:
         released = False
         try:
             opts = types.make_request_options(timeout=timeout, **state.request_options)
+            hop = None
+            if RELAY in ctx.slots and not state.request_options:
+                from ._hop import direct_hop  # imports openai: only once a relay runs
+
+                hop = await direct_hop(ep.client, kind.path, lambda: opts)
+                if hop is not None and "content" not in send:
+                    # the parameters changed after the check (a before hook, the usage chunk
+                    # asked for): serialised here, as openai would have
+                    send = {"content": dumps_body(send["body"])}
             if ctx.stream:
-                upstream = await ep.client.post(
-                    kind.path,
-                    cast_to=types.cast_to(kind),
-                    options=opts,
-                    **send,
-                    stream=True,
-                    stream_cls=types.stream_cls(kind),
-                )
+                raw = RAW_SSE in ctx.slots and types.takes_content(ep.client)
+                if hop is not None:
+                    upstream = await hop.post(
+                        send["content"],
+                        timeout,
+                        None,
+                        stream_cls=types.stream_cls(kind, raw),
+                        stream_type=types.chunk_type(kind),
+                    )
+                else:
+                    upstream = await ep.client.post(
+                        kind.path,
+                        cast_to=types.cast_to(kind),
+                        options=opts,
+                        **send,
+                        stream=True,
+                        stream_cls=types.stream_cls(kind, raw),
+                    )
                 try:
                     first = await upstream.__anext__()
                 except StopAsyncIteration:
@@ -602,9 +658,12 @@ class MuxCore:
                     raise
                 result: Any = upstream
             else:
-                result = await ep.client.post(
-                    kind.path, cast_to=types.cast_to(kind), options=opts, **send
-                )
+                if hop is not None:
+                    result = await hop.post(send["content"], timeout, types.cast_to(kind))
+                else:
+                    result = await ep.client.post(
+                        kind.path, cast_to=types.cast_to(kind), options=opts, **send
+                    )
                 first = None
                 released = True
                 ep.inflight -= 1
@@ -932,5 +991,20 @@ class _OpenAITypes:
     def cast_to(self, kind: RequestKind) -> Any:
         return self._cast[kind.name]
 
-    def stream_cls(self, kind: RequestKind) -> Any:
+    def chunk_type(self, kind: RequestKind) -> Any:
+        """The class of a stream's chunks (what ``stream_cls``'s type argument names)."""
+        return self.ChatCompletionChunk if kind.name == "chat" else self._cast["completions"]
+
+    def usage(self, value: Any) -> Any:
+        """A stream's usage as openai's ``CompletionUsage`` (as its chunk objects carry it)."""
+        from openai._models import construct_type
+        from openai.types import CompletionUsage
+
+        return construct_type(type_=CompletionUsage, value=value)
+
+    def stream_cls(self, kind: RequestKind, raw: bool = False) -> Any:
+        if raw:  # openai's own client: the SSE is read as bytes (see _raw_stream)
+            from ._raw_stream import RawSSEStream
+
+            return RawSSEStream
         return self._stream[kind.name]

@@ -16,7 +16,7 @@ import math
 from collections.abc import AsyncIterator, Iterator
 from typing import TYPE_CHECKING, Any
 
-from ._core import _timeout_at
+from ._core import STREAM_TAP, _timeout_at
 from .errors import StreamInterrupted
 
 if TYPE_CHECKING:
@@ -100,6 +100,49 @@ class _Partial:
         if choice.finish_reason:
             self.finish_reason = choice.finish_reason
 
+    def add_event(self, event: dict[str, Any]) -> None:
+        """:meth:`add` for a chunk as parsed JSON (raw SSE relay)."""
+        choices = event.get("choices")
+        if not choices:
+            return
+        for c in choices:
+            self.started.add(c.get("index", 0))
+            if c.get("finish_reason"):
+                self.finished.add(c.get("index", 0))
+        choice = choices[0]
+        if choice.get("index", 0) != 0:  # n > 1: the session keeps the first choice
+            return
+        finish = choice.get("finish_reason")
+        if finish:
+            self.finish_reason = finish
+        delta = choice.get("delta")
+        if delta is None:  # a legacy completions chunk carries .text
+            text = choice.get("text")
+            if text and isinstance(text, str):
+                self.content.append(text)
+            return
+        text = delta.get("content")
+        if text and isinstance(text, str):
+            self.content.append(text)
+        r = delta.get("reasoning") or delta.get("reasoning_content")
+        if r and isinstance(r, str):
+            self.reasoning.append(r)
+        calls = delta.get("tool_calls")
+        if calls:
+            for call in calls:
+                slot = self.tool_calls.setdefault(
+                    call.get("index", 0),
+                    {"id": None, "type": "function", "function": {"name": "", "arguments": ""}},
+                )
+                if call.get("id"):
+                    slot["id"] = call["id"]
+                fn = call.get("function")
+                if fn:
+                    if isinstance(fn.get("name"), str):
+                        slot["function"]["name"] += fn["name"]
+                    if isinstance(fn.get("arguments"), str):
+                        slot["function"]["arguments"] += fn["arguments"]
+
     def as_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {
             "content": "".join(self.content),
@@ -133,6 +176,10 @@ class AsyncChunkStream:
         self._hide_usage = ctx.hide_usage_chunk
         self._deadline_at = ctx.deadline_at
         self.partial = _Partial()
+        self._tap = ctx.slots.get(STREAM_TAP) if ctx.slots else None  # the response cache
+        # raw SSE relay: ``data: [DONE]`` was relayed with the last events (the stream is
+        # complete; its next step ends it)
+        self.sent_done = False
         self.response = getattr(self._upstream, "response", None)
         self.endpoint_name = success.endpoint.name
 
@@ -179,13 +226,46 @@ class AsyncChunkStream:
                     raise StreamInterrupted(
                         self._endpoint.name, _reason(exc), self.partial.as_dict()
                     ) from exc
+            if type(chunk) is list:  # raw mode: the events of one read (see _raw_stream)
+                try:
+                    relayed = self._relay(chunk)
+                except Exception as exc:  # not a JSON object: a broken stream
+                    await self._finish(exc)
+                    raise StreamInterrupted(
+                        self._endpoint.name, _reason(exc), self.partial.as_dict()
+                    ) from exc
+                if relayed:
+                    return relayed
+                continue  # only a hidden usage chunk
             self.partial.add(chunk)
+            if self._tap is not None:
+                self._tap.append(chunk)
             usage = getattr(chunk, "usage", None)
             if usage is not None:
                 self._ctx.usage = usage
                 if self._hide_usage and not chunk.choices:
                     continue  # a usage chunk the caller did not ask for (metering asked)
             return chunk
+
+    def _relay(self, events: list[tuple[bytes, Any]]) -> bytes:
+        """The SSE bytes to relay for raw events, noting what the objects path notes."""
+        out: list[bytes] = []
+        for data, event in events:
+            if event is None and data == b"[DONE]":  # the endpoint's end of stream
+                if self.partial.complete:  # else the next step raises: truncated
+                    out.append(b"data: [DONE]\n\n")
+                    self.sent_done = True
+                continue
+            if not isinstance(event, dict):
+                raise ValueError(f"a stream event is not a JSON object: {data[:80]!r}")
+            self.partial.add_event(event)
+            usage = event.get("usage")
+            if usage is not None:
+                self._ctx.usage = self._core.types().usage(usage)
+                if self._hide_usage and not event.get("choices"):
+                    continue  # a usage chunk the caller did not ask for (metering asked)
+            out.append(b"data: " + data + b"\n\n")
+        return b"".join(out)
 
     async def _finish(
         self, exc: BaseException | None, status: str | None = None, reason: str | None = None

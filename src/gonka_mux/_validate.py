@@ -90,6 +90,11 @@ def _check_options(request_options: Mapping[str, Any], options: Any) -> None:
             raise InvalidRequestError(
                 f"{name} must be a string, not {type(value).__name__}", param=name
             )
+    cache = options.cache
+    if cache is not None and not isinstance(cache, bool) and cache != "refresh":
+        raise InvalidRequestError(
+            f"cache must be True, False or 'refresh', not {_shown(cache)}", param="cache"
+        )
     if options.metadata is not None and not isinstance(options.metadata, Mapping):
         raise InvalidRequestError(
             f"mux_metadata must be a dict, not {type(options.metadata).__name__}",

@@ -45,6 +45,41 @@ def _table(rows: list[list[Any]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
+# What each fake endpoint is, for the "why" lines: role -> endpoint names.
+_ROLES = {"fast-1": "fast", "fast-2": "fast", "slow": "slow", "flaky": "failing",
+          "limited": "rate-limited"}  # fmt: skip
+
+
+def _why(name: str, snapshot: dict[str, Any], total: int) -> str:
+    """One line on why ``name`` got the traffic it got, from its role and its own counters
+    (no timing is asserted: on a busy machine the numbers move, the reasons do not)."""
+    served = snapshot["successes"]
+    share = f"{served} served ({100 * served / total:.0f}%)" if total else f"{served} served"
+    failures = snapshot["failures"]
+    failed = sum(failures.values())
+    role = _ROLES.get(name)
+    if role == "fast":
+        return f"{name}: fast (~25 ms), never fails: the router prefers it; {share}"
+    if role == "slow":
+        return (
+            f"{name}: slow (~400 ms): picked only when the fast ones are busy, and hedged "
+            f"after 300 ms; {share}"
+        )
+    if role == "failing":
+        kinds = ", ".join(f"{v} {k}" for k, v in sorted(failures.items())) or "none this time"
+        return (
+            f"{name}: failing ({kinds}): each failure is retried elsewhere and makes it look "
+            f"costly for a while; {share}"
+        )
+    if role == "rate-limited":
+        limited = failures.get("rate_limited", 0)
+        return (
+            f"{name}: rate-limited ({limited} x HTTP 429): rests 1 s (its Retry-After) after "
+            f"each, requests go elsewhere; {share}"
+        )
+    return f"{name}: {share}, {failed} failed attempt(s)"
+
+
 async def _fleet_demo(requests: int, concurrency: int, seed: int) -> bool:
     specs = [
         FakeBackendSpec(name="fast-1", faults=Faults(latency=0.02, jitter=0.01)),
@@ -112,6 +147,11 @@ async def _fleet_demo(requests: int, concurrency: int, seed: int) -> bool:
             ewma = f"{s['ewma_latency_s'] * 1000:.0f} ms" if s["ewma_latency_s"] else "-"
             rows.append([name, s["successes"], fails, ewma, s["state"]])
         _say(_table(rows, ["endpoint", "served", "failures", "ewma latency", "state"]))
+        _say("   (ewma latency: the router's running estimate; cooling: resting after failures)")
+        total_served = sum(s["successes"] for s in stats.values())
+        _say("\n   Why each endpoint got what it got:")
+        for name, s in stats.items():
+            _say(f"   - {_why(name, s, total_served)}")
         ok = len(latencies)
         attempts = sum(s["requests"] for s in stats.values())
         _say(
@@ -137,4 +177,5 @@ def run_demo(requests: int = 200, concurrency: int = 16, seed: int = 7) -> int:
     ok = asyncio.run(_fleet_demo(requests, concurrency, seed))
     _say("\n3) The Gonka network (a fake one on loopback)")
     ok = asyncio.run(run_gonka_demo()) and ok
+    _say("\nNext: docs/quickstart.md (your own endpoints, in five minutes).")
     return 0 if ok else 1

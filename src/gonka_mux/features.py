@@ -147,6 +147,7 @@ def _load_builtin() -> None:
     # Each built-in feature registers itself when its module is imported; importing them here,
     # on first use, keeps `import gonka_mux` (and a webhook receiver that only imports
     # gonka_mux.webhooks.signing) from importing every feature's dependencies.
+    from .cache import feature as _cache  # noqa: F401
     from .limits import feature as _limits  # noqa: F401
     from .memory import feature as _memory  # noqa: F401
     from .metering import feature as _metering  # noqa: F401

@@ -29,6 +29,7 @@ from ._core import (
 )
 from ._loop_thread import Portal
 from ._urls import check_base_url
+from .cache.feature import ResponseCache
 from .endpoint import Endpoint, EndpointTier, shown_url
 from .features import Feature
 from .limits.feature import LimitsFeature
@@ -140,7 +141,8 @@ class _AsyncChatCompletions(_AsyncCreate):
 
     Extra keyword arguments understood by gonka_mux (never sent upstream): ``session_id``,
     ``tier``, ``deadline`` (seconds), ``hedge`` (bool or delay), ``caller`` (the tenant key
-    for limits and metering), ``mux_metadata``, ``route_to`` (an endpoint name).
+    for limits and metering), ``mux_metadata``, ``route_to`` (an endpoint name), ``cache``
+    (``False``, ``True`` or ``"refresh"``, with ``enable_cache``).
     """
 
     _kind = CHAT
@@ -272,6 +274,7 @@ class _MuxBase:
         self.meter: Meter | None = None
         self.sessions: SessionManager | None = None
         self.memory: MemoryStore | None = None
+        self.cache: ResponseCache | None = None
         self.features: dict[str, Feature] = {}
         self._epoch_watchers: list[Any] = []
         self.vllm_monitors: dict[str, Any] = {}
@@ -604,6 +607,30 @@ class _MuxBase:
         )
         return feature.install(self)
 
+    def enable_cache(
+        self,
+        store: Any = None,
+        *,
+        path: str | os.PathLike[str] | None = None,
+        ttl: float | None = 86400.0,
+        **options: Any,
+    ) -> ResponseCache:
+        """An exact-match response cache for chat, completions and embeddings: a repeated
+        deterministic request (``temperature=0`` or a ``seed``; embeddings always) is answered
+        from the cache without going upstream, with its original usage and
+        ``gonka_mux.cache.cache_status(reply) == "hit"``.
+
+        ``store``: ``"disk"`` (the default: diskcache at ``path``, default the state
+        directory's ``cache/``), ``"memory"``, a ``redis://`` URL (shared by a fleet) or a
+        store object. ``ttl``: seconds an entry lives (None: until evicted). ``options``:
+        ``max_size``, ``max_entry_bytes``, ``only_deterministic``, ``per_caller``,
+        ``uncacheable_tools``, ``single_flight``, ``single_flight_wait``, ``namespace``
+        (docs/configuration.md, ``[cache]``). Per call: ``cache=False`` bypasses it,
+        ``cache="refresh"`` stores a fresh reply, ``cache=True`` caches a sampled request.
+        Returns the ``ResponseCache`` (also ``mux.cache``).
+        """
+        return ResponseCache(store, path=path, ttl=ttl, **options).install(self)
+
     def enable_memory(
         self,
         path: str | os.PathLike[str] | None = None,
@@ -703,8 +730,15 @@ class _MuxBase:
         return self._core.settings
 
     def stats(self) -> dict[str, Any]:
-        """Per endpoint: requests, successes, failures by kind, EWMA latency, in-flight, state."""
-        return self._core.stats()
+        """Per endpoint: requests, successes, failures by kind, EWMA latency, in-flight, state;
+        with rate limits enabled, ``"limits"``: which backend counts (``"local-fallback"``
+        while a shared one such as Redis is away, see ``RateLimiter.status``)."""
+        out = self._core.stats()
+        if self.limiter is not None:
+            out["limits"] = self.limiter.status()
+        if self.cache is not None:
+            out["cache"] = self.cache.stats()  # hits, misses, stored, faults, hit_rate
+        return out
 
     def epoch_status(self) -> list[dict[str, Any]] | None:
         """What each Gonka epoch watcher knows (epoch, phase, switch height, last refresh);

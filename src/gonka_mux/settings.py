@@ -30,7 +30,7 @@ __all__ = [
 
 # Keyword arguments of create() that belong to gonka_mux, not to the OpenAI request body.
 MUX_KWARGS = frozenset(
-    {"session_id", "tier", "deadline", "hedge", "caller", "mux_metadata", "route_to"}
+    {"session_id", "tier", "deadline", "hedge", "caller", "mux_metadata", "route_to", "cache"}
 )
 # create() keyword arguments that openai turns into request options, not body fields.
 OPTION_KWARGS = frozenset({"extra_headers", "extra_query", "extra_body", "timeout"})
@@ -134,3 +134,6 @@ class CallOptions:
     caller: str | None = None
     metadata: dict[str, Any] | None = None
     route_to: str | None = None  # pin to one endpoint by name (admin probes, tests)
+    # the response cache for this call: None (its rules), True (cache even a sampled
+    # request), False (neither read nor write), "refresh" (skip the lookup, store the reply)
+    cache: bool | str | None = None

@@ -17,6 +17,14 @@ def test_demo_runs_offline_and_prints_the_report(capsys):
     for name in ("fast-1", "fast-2", "slow", "flaky", "limited"):
         assert name in out
     assert "p99" in out
+    # It teaches: one line per endpoint on why it got its traffic, Gonka's terms in plain
+    # words where they are first used, and where to go next.
+    for why in ("- fast-1: fast", "- slow: slow", "- flaky: failing", "- limited: rate-limited"):
+        assert why in out
+    for term in ("TA (Transfer Agent)", "epoch:", 'phase "Inference"', "switch block"):
+        assert term in out
+    assert out.index("TA (Transfer Agent)") < out.index("     TA gonka1")
+    assert out.rstrip().endswith("Next: docs/quickstart.md (your own endpoints, in five minutes).")
 
 
 def test_no_command_prints_help():

@@ -93,20 +93,22 @@ def test_plain_tables_without_rich(usage_db: Path, monkeypatch) -> None:
 def test_tiering(usage_db: Path) -> None:
     data = json.loads(usage("--db", str(usage_db), "--tiering", "--json").stdout)
     assert data["strong_tier"] == "strong"
-    assert data["saved"] == pytest.approx(0.0025425)
+    # at the strong model's own prices (1.0 / 4.0 per 1M): see tests/metering tiering tests
+    assert data["saved"] == pytest.approx(0.0027)
+    assert data["strong_pricing"] == "fitted"
     assert {r["tier"]: r["requests"] for r in data["rows"]} == {
         "cheap": 4,
         "strong": 3,
         "(none)": 1,
     }
     table = usage("--db", str(usage_db), "--tiering").stdout
-    assert "$0.002850" in table and "Estimated saving against all-strong: $0.002542" in table
-    assert "(20.4%)" in table
+    assert "$0.003000" in table and "Estimated saving against all-strong: $0.002700" in table
+    assert "(21.3%)" in table
     rows = list(
         csv.DictReader(io.StringIO(usage("--db", str(usage_db), "--tiering", "--csv").stdout))
     )
     assert [r["tier"] for r in rows] == ["(none)", "cheap", "strong"]
-    assert float(rows[1]["saved"]) == pytest.approx(0.00255)
+    assert float(rows[1]["saved"]) == pytest.approx(0.0027)
 
 
 def test_html_option_writes_the_report(usage_db: Path, tmp_path: Path) -> None:

@@ -23,6 +23,7 @@ VOID = {"meta", "link", "br", "hr", "img", "input", "col", "area", "base", "embe
         "track", "wbr"}  # fmt: skip
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
+WINDOW_WIDTH = 1600
 
 
 class Node:
@@ -83,6 +84,7 @@ def dump_dom(page: Path, profile: Path) -> DomIndex:
             "--disable-sync",
             "--no-first-run",
             f"--user-data-dir={profile}",
+            f"--window-size={WINDOW_WIDTH},1000",
             "--dump-dom",
             page.as_uri(),
         ],
@@ -149,10 +151,13 @@ def test_tables_show_the_breakdowns(report) -> None:
     assert cell(dom, "session", "s1", "latency_p95") == "1.860 s"
     assert cell(dom, "key", "bob", "errors") == "1"
     assert cell(dom, "endpoint", "node-a", "prompt_tokens") == "650"
-    assert cell(dom, "tiering", "cheap", "strong_cost") == "$0.002850"
-    assert cell(dom, "tiering", "(none)", "saved") == "-$0.000007"
-    assert dom.one(data_metric="tiering_saved").text == "$0.002542"
-    assert dom.one(data_metric="tiering_saved_fraction").text == "20.4%"
+    assert cell(dom, "tiering", "cheap", "strong_cost") == "$0.003000"
+    assert cell(dom, "tiering", "(none)", "saved") == "$0.000000"
+    assert dom.one(data_metric="tiering_saved").text == "$0.002700"
+    assert dom.one(data_metric="tiering_saved_fraction").text == "21.3%"
+    assert "at its own prices of $1.0000 per 1M prompt and $4.0000 per 1M completion tokens" in (
+        dom.one(id="tiering-summary").text
+    )
 
 
 def test_tokens_over_time_chart(report) -> None:
@@ -167,6 +172,17 @@ def test_tokens_over_time_chart(report) -> None:
     prompt = [int(r.attrs["data-value"]) for r in dom.find("rect", data_kind="prompt")]
     assert prompt == [1300, 2300, 0, 950]
     assert dom.one("text", data_axis="max").text == "3,450"
+
+
+def test_charts_fill_their_card(report) -> None:
+    """Each chart is as wide as its card's inside, as the browser laid the card out: the window
+    less the body's margins (24 px each side), the card's border and padding (1 + 8 px each
+    side), and a vertical scrollbar if the page has one (at most 20 px)."""
+    _, dom = report
+    inside = WINDOW_WIDTH - 2 * 24 - 2 * (1 + 8)
+    for chart in ("tokens", "latency", "share"):
+        width = float(dom.one("svg", data_chart=chart).attrs["width"])
+        assert inside - 20 <= width <= inside, (chart, width)
 
 
 def test_latency_per_model_chart(report) -> None:

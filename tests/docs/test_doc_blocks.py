@@ -4,7 +4,9 @@ A block is illustrative (shown, never run) when its fence says so (```python ill
 the line before the fence is ``<!-- illustrative -->``. Every other block runs as a script in a
 fresh interpreter, with a timeout, in a temporary directory, with a fake OpenAI-compatible
 backend (gonka_mux.testing.FakeBackend, any model name) whose base URL is in the environment
-variable ``GONKA_MUX_FAKE_URL``; runnable blocks point their endpoints there.
+variable ``GONKA_MUX_FAKE_URL``; runnable blocks point their endpoints there. The state
+directory (``GONKA_MUX_STATE_DIR``: SQLite files, sessions, jobs) is the block's own temporary
+directory, so blocks that use the defaults leave nothing behind.
 """
 
 from __future__ import annotations
@@ -75,7 +77,12 @@ def fake_url() -> Iterator[str]:
 def test_doc_block_runs(block: Block, fake_url: str, tmp_path: Path) -> None:
     script = tmp_path / "block.py"
     script.write_text(block.code, encoding="utf-8")
-    env = {**os.environ, "GONKA_MUX_FAKE_URL": fake_url, "PYTHONDONTWRITEBYTECODE": "1"}
+    env = {
+        **os.environ,
+        "GONKA_MUX_FAKE_URL": fake_url,
+        "GONKA_MUX_STATE_DIR": str(tmp_path / "state"),
+        "PYTHONDONTWRITEBYTECODE": "1",
+    }
     env.pop("OPENAI_API_KEY", None)
     try:
         result = subprocess.run(

@@ -26,8 +26,9 @@ def test_create_returns_the_plaintext_once_and_stores_only_its_hash(store, tmp_p
     wal = tmp_path / "keys.sqlite3-wal"
     if wal.exists():
         raw += wal.read_bytes()
-    secret = plaintext.rsplit("_", 1)[1]
-    assert secret.encode() not in raw
+    # The secret is everything after "gmx_<id>_" (token_urlsafe may itself contain "_").
+    secret = plaintext[len(f"gmx_{record.id}_") :]
+    assert len(secret) >= 40 and secret.encode() not in raw
     stored = sqlite3.connect(tmp_path / "keys.sqlite3").execute("SELECT hash FROM api_keys")
     assert stored.fetchone()[0] == hashlib.sha256(plaintext.encode()).hexdigest()
     assert secret not in repr(record) and secret not in str(record.to_dict())

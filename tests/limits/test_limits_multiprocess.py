@@ -29,17 +29,35 @@ INTERVAL = 60 / 60  # seconds per request at 60 RPM
 
 def run_hammers(backend: str, target: str) -> list[dict]:
     start_at = time.time() + 3.0  # every process imports and connects before the start
+    return collect(spawn_hammers(backend, target, start_at=start_at))
+
+
+def spawn_hammers(
+    backend: str,
+    target: str,
+    *,
+    processes: int = PROCESSES,
+    duration: float = DURATION,
+    start_at: float | None = None,
+    handshake: Path | None = None,
+) -> list[subprocess.Popen[str]]:
+    """Start the workers: at ``start_at``, or (``handshake``: a directory) each creates
+    ``ready-<i>`` there once connected and starts at the time written to ``go`` there."""
     prefix = f"proof:{uuid.uuid4().hex}:"
     procs = []
-    for i in range(PROCESSES):
-        spec = {
+    for i in range(processes):
+        spec: dict = {
             "backend": backend,
             "target": target,
             "prefix": prefix,
             "mode": "async" if i % 2 else "sync",
-            "start_at": start_at,
-            "duration": DURATION,
+            "duration": duration,
         }
+        if handshake is not None:
+            spec["ready_file"] = str(handshake / f"ready-{i}")
+            spec["go_file"] = str(handshake / "go")
+        else:
+            spec["start_at"] = start_at
         procs.append(
             subprocess.Popen(
                 [sys.executable, str(HAMMER), json.dumps(spec)],
@@ -48,6 +66,10 @@ def run_hammers(backend: str, target: str) -> list[dict]:
                 text=True,
             )
         )
+    return procs
+
+
+def collect(procs: list[subprocess.Popen[str]]) -> list[dict]:
     results = []
     for proc in procs:
         out, err = proc.communicate(timeout=60)
@@ -56,17 +78,21 @@ def run_hammers(backend: str, target: str) -> list[dict]:
     return results
 
 
-def check_bound(results: list[dict]) -> None:
+def check_bound(results: list[dict], duration: float = DURATION, *, spread: bool = True) -> None:
+    """``spread=False`` drops the check that two processes won admissions: with 2 processes for
+    a few seconds one may win every slot, and the bound alone already fails a key that is not
+    shared (each process would admit its own burst plus the rate)."""
     admitted = sum(r["admitted"] for r in results)
     assert all(r["calls"] > 100 for r in results), results  # every process really hammered
     first = min(r["first"] for r in results if r["first"] is not None)
     last = max(r["last"] for r in results if r["last"] is not None)
     bound = BURST + math.floor((last - first) / INTERVAL)
-    assert bound <= BURST + DURATION / INTERVAL + 1
+    assert bound <= BURST + duration / INTERVAL + 1
     assert admitted <= bound, (admitted, bound, results)
-    assert admitted <= 60 * DURATION / 60 + BURST + 1  # the issue's wording, with the span's slack
+    assert admitted <= 60 * duration / 60 + BURST + 1  # the issue's wording, with the span's slack
     assert admitted >= bound - 1, (admitted, bound, results)
-    assert sum(1 for r in results if r["admitted"]) >= 2  # the key really was shared
+    if spread:
+        assert sum(1 for r in results if r["admitted"]) >= 2  # the key really was shared
 
 
 @pytest.mark.slow

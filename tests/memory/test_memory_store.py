@@ -22,12 +22,24 @@ from gonka_mux.memory import (
     fts5_available,
 )
 
+# tests/_postgres.py (the real-server fixtures) lives at the repository root.
+_ROOT = str(Path(__file__).resolve().parents[2])
+if _ROOT not in sys.path:
+    sys.path.insert(0, _ROOT)
+
+from tests._postgres import postgres_server, postgres_url  # noqa: E402, F401
+
 INDEXES = ["fts5", "fallback"]
+# The tests taking ``store`` also run on PostgreSQL (a real server, a fresh database each).
+BACKENDS = [*INDEXES, pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
-@pytest.fixture(params=INDEXES)
+@pytest.fixture(params=BACKENDS)
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> MemoryStore:
-    s = MemoryStore(tmp_path / "memory.sqlite3", use_fts5=request.param == "fts5")
+    if request.param == "postgres":
+        s = MemoryStore(request.getfixturevalue("postgres_url"))
+    else:
+        s = MemoryStore(tmp_path / "memory.sqlite3", use_fts5=request.param == "fts5")
     yield s
     s.close()
 

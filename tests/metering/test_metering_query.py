@@ -7,7 +7,7 @@ from datetime import datetime, timezone
 import pytest
 from tests._usage_data import T0, usage_records
 
-from gonka_mux.metering import ModelPrice, UsageQuery, parse_duration, parse_time
+from gonka_mux.metering import ModelPrice, UsageQuery, UsageRecord, parse_duration, parse_time
 from gonka_mux.metering.query import percentile
 
 approx = pytest.approx
@@ -109,20 +109,78 @@ def test_filters_and_time_bounds(query: UsageQuery) -> None:
 def test_tiering_report(query: UsageQuery) -> None:
     report = query.tiering()
     assert report.strong_tier == "strong"
-    # strong: cost 0.0095 over 5000 tokens -> 1.9 per 1M tokens
-    assert report.strong_rate_per_1m == approx(1.9)
+    # The strong tier's records (1000+500, 2000+1000, 500+0 tokens; cost 0.003, 0.006, 0.0005)
+    # give back the strong model's own prices: 1.0 per 1M prompt, 4.0 per 1M completion.
+    assert report.strong_pricing == "fitted"
+    assert report.strong_prices == ModelPrice(prompt=1.0, completion=4.0)  # not 0.9999999999
     rows = {r.tier: r for r in report.rows}
     assert set(rows) == {"cheap", "strong", "(none)"}
     assert (rows["cheap"].requests, rows["cheap"].total_tokens) == (4, 1500)
-    assert rows["cheap"].strong_cost == approx(0.00285)
-    assert rows["cheap"].saved == approx(0.00255)
-    assert rows["strong"].saved == approx(0.0)
-    assert rows["(none)"].saved == approx(-0.0000075)
+    # cheap: 1000 prompt x 1.0 + 500 completion x 4.0 = 3000 per 1M; it cost 0.0003
+    assert rows["cheap"].strong_cost == approx(0.003)
+    assert rows["cheap"].saved == approx(0.0027)
+    assert rows["strong"].saved == approx(0.0, abs=1e-12)
+    # (none) ran on strong-k2: 50 x 1.0 + 25 x 4.0 = 150 per 1M, what it cost: nothing saved
+    assert rows["(none)"].saved == approx(0.0, abs=1e-12)
     assert report.cost == approx(0.00995)
-    assert report.strong_cost == approx(0.0124925)
-    assert report.saved == approx(0.0025425)
-    assert report.saved_fraction == approx(0.0025425 / 0.0124925)
+    assert report.strong_cost == approx(0.01265)
+    assert report.saved == approx(0.0027)
+    assert report.saved_fraction == approx(0.0027 / 0.01265)
+    # 0.01265 over the 6575 priced tokens
+    assert report.strong_rate_per_1m == approx(12650 / 6575)
     assert report.unpriced_requests == 0
+
+
+def _priced(tier: str, prompt: int, completion: int, price: ModelPrice) -> UsageRecord:
+    return UsageRecord(
+        model="auto",
+        tier=tier,
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        cost=price.cost(prompt, completion),
+    )
+
+
+def test_tiering_saving_is_at_the_strong_models_own_prices() -> None:
+    """A cheap tier that answers at length (completion-heavy) behind a strong tier that reads
+    a lot (prompt-heavy): a blended strong rate would price the cheap tier's tokens far too low.
+    """
+    strong, cheap = ModelPrice(1.0, 4.0), ModelPrice(0.1, 0.4)
+    records = [
+        _priced("strong", 1000, 100, strong),  # 1000 + 400 = 1400 per 1M
+        _priced("strong", 2000, 300, strong),  # 2000 + 1200 = 3200 per 1M
+        _priced("cheap", 100, 1000, cheap),  # costs 10 + 400 = 410; on strong 100 + 4000 = 4100
+        _priced("cheap", 200, 500, cheap),  # costs 20 + 200 = 220; on strong 200 + 2000 = 2200
+    ]
+    report = UsageQuery(records).tiering()
+    rows = {r.tier: r for r in report.rows}
+    assert report.strong_pricing == "fitted"
+    assert rows["cheap"].cost == approx(630e-6)
+    assert rows["cheap"].strong_cost == approx(6300e-6)
+    assert rows["cheap"].saved == approx(5670e-6)
+    assert report.strong_cost == approx(10900e-6)  # 4600 + 6300
+    assert report.saved == approx(5670e-6)
+    assert report.saved_fraction == approx(5670 / 10900)  # 52.0%
+    # The blended rate (4600 per 1M over 3400 tokens) would have said 1805 saved: 25.7%.
+    blended = 4600e-6 / 3400 * 1800 - 630e-6
+    assert report.saved > 3 * blended
+    # Given prices win over the fit, and say so.
+    given = UsageQuery(records).tiering(strong_price=ModelPrice(2.0, 8.0))
+    assert given.strong_pricing == "given"
+    assert {r.tier: r.strong_cost for r in given.rows}["cheap"] == approx(12600e-6)
+
+
+def test_tiering_falls_back_to_a_blended_rate_when_the_mix_never_changes() -> None:
+    strong = ModelPrice(1.0, 4.0)
+    records = [
+        _priced("strong", 1000, 500, strong),  # 3000 per 1M over 1500 tokens: 2.0 per 1M
+        _priced("strong", 2000, 1000, strong),
+        _priced("cheap", 300, 0, ModelPrice(0.1, 0.4)),
+    ]
+    report = UsageQuery(records).tiering()
+    assert report.strong_pricing == "blended"
+    assert report.strong_prices is None
+    assert {r.tier: r.strong_cost for r in report.rows}["cheap"] == approx(600e-6)
 
 
 def test_tiering_with_exact_strong_prices(query: UsageQuery) -> None:

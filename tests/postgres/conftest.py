@@ -11,9 +11,8 @@ import pytest
 # importable for them.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from tests._postgres import postgres_server, postgres_url  # noqa: E402, F401
-from tests._redis import redis_url  # noqa: E402, F401
-
+from tests._postgres import postgres_server, postgres_url  # noqa: F401
+from tests._redis import redis_url  # noqa: F401
 
 HERE = Path(__file__).resolve().parent
 

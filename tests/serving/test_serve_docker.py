@@ -33,7 +33,13 @@ def registry() -> Registry:
 
 
 def model_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    return {name: s for name, s in compose["services"].items() if not name.startswith("gateway")}
+    # the services built from the serve stage (not the gateways, nor postgres, redis and the
+    # fleet's agent of the `replicas` and `fleet` profiles)
+    return {
+        name: s
+        for name, s in compose["services"].items()
+        if s.get("build", {}).get("target") == "serve"
+    }
 
 
 def gateways(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -154,7 +160,7 @@ INTERPOLATION = re.compile(r"\$\{([A-Z_][A-Z0-9_]*)(?::?([-?])([^}]*))?\}")
 def test_every_variable_the_compose_file_reads_is_documented(compose: dict[str, Any]) -> None:
     text = (DOCKER / "compose.yaml").read_text()
     found = {m.group(1): m.group(2) for m in INTERPOLATION.finditer(text)}
-    assert set(found) == {"HF_CACHE", "HEAD_ADDRESS"}
+    assert set(found) == {"HF_CACHE", "HEAD_ADDRESS", "GONKA_PG_PASSWORD"}
     # None is required with ${VAR:?}: compose would demand it for every profile, even those
     # that do not use it (gonka-serve refuses an empty --head-address itself).
     assert set(found.values()) == {"-"}
@@ -169,7 +175,7 @@ def test_every_variable_the_compose_file_reads_is_documented(compose: dict[str, 
         for key, value in (svc.get("environment") or {}).items()
         if value is None
     }
-    assert passed == {"HF_TOKEN", "GONKA_ADMIN_API_KEY"}
+    assert passed == {"HF_TOKEN", "GONKA_ADMIN_API_KEY", "GONKA_MUX_WEBHOOK_SECRET_KEY"}
     header = text[: text.index("x-serve-base")]
     for var in set(found) | passed:
         assert f"#   {var} " in header, var  # the header says what each one is for

@@ -1,6 +1,7 @@
 """A child process that commits chat turns to a shared session store.
 
-    python _session_child.py <disk|redis> <path-or-url> <prefix> <session> <worker> <turns|forever>
+    python _session_child.py <disk|redis|postgres> <path-or-url> <prefix> <session> <worker> \
+        <turns|forever>
 
 Prints ``committed <i>`` (flushed) after each turn's commit returns, so a parent that kills the
 process knows which turns were committed.
@@ -12,13 +13,23 @@ import asyncio
 import itertools
 import sys
 
-from gonka_mux.sessions import DiskSessionStore, RedisSessionStore, SessionManager, SessionStore
+from gonka_mux.sessions import (
+    DiskSessionStore,
+    PostgresSessionStore,
+    RedisSessionStore,
+    SessionManager,
+    SessionStore,
+)
 
 
 async def main(kind: str, where: str, prefix: str, session: str, worker: str, turns: str) -> None:
-    store: SessionStore = (
-        DiskSessionStore(where) if kind == "disk" else RedisSessionStore(where, prefix=prefix)
-    )
+    store: SessionStore
+    if kind == "disk":
+        store = DiskSessionStore(where)
+    elif kind == "postgres":
+        store = PostgresSessionStore(where)
+    else:
+        store = RedisSessionStore(where, prefix=prefix)
     manager = SessionManager(store, ttl=0)
     count = itertools.count() if turns == "forever" else range(int(turns))
     for i in count:

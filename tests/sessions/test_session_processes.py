@@ -16,7 +16,7 @@ CHILD = str(Path(__file__).with_name("_session_child.py"))
 
 
 def _spawn(make: StoreFactory, session: str, worker: str, turns: str) -> subprocess.Popen[str]:
-    where = make.url if make.kind == "redis" else str(make.path)  # type: ignore[attr-defined]
+    where = make.url if make.kind != "disk" else str(make.path)  # type: ignore[attr-defined]
     args = [make.kind, where, make.prefix, session, worker, turns]  # type: ignore[attr-defined]
     return subprocess.Popen(
         [sys.executable, CHILD, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True

@@ -8,6 +8,7 @@
     gonka-mux usage --tiering                # requests, tokens, cost per tier; saving vs strong
     gonka-mux usage --html report.html       # self-contained page with charts
     gonka-mux usage --db /path/usage.sqlite3 # default: the state directory's usage.sqlite3
+    gonka-mux usage --db postgresql://user:pw@db/usage   # the fleet's shared usage table
 
 Tables use rich when it is installed (the ``dashboard`` extra) and plain text otherwise.
 """
@@ -21,7 +22,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from gonka_mux.metering import SqliteUsageStore, TieringReport, UsageQuery, UsageSummary
+from gonka_mux._exceptions import StoreUnavailableError
+from gonka_mux.metering import TieringReport, UsageQuery, UsageSummary
+from gonka_mux.metering.stores import open_usage_store
 
 from .html import render_html
 from .report import (
@@ -50,9 +53,9 @@ def register(subparsers: Any) -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--db",
-        metavar="PATH",
-        help="usage database (default: usage.sqlite3 in $GONKA_MUX_STATE_DIR, "
-        "$XDG_STATE_HOME/gonka_mux or ~/.local/state/gonka_mux)",
+        metavar="PATH_OR_URL",
+        help="usage database: a SQLite file or a postgresql:// URL (default: usage.sqlite3 in "
+        "$GONKA_MUX_STATE_DIR, $XDG_STATE_HOME/gonka_mux or ~/.local/state/gonka_mux)",
     )
     parser.add_argument(
         "--since",
@@ -94,10 +97,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def run_usage(args: argparse.Namespace, *, out: TextIO | None = None) -> int:
     out = out or sys.stdout
-    store = SqliteUsageStore(args.db, readonly=True)
+    try:
+        store = open_usage_store(args.db, readonly=True)
+    except (ValueError, ImportError) as exc:
+        print(f"gonka-mux usage: error: {exc}", file=sys.stderr)
+        return 2
     try:
         return _run(args, UsageQuery(store), out)
-    except (ValueError, FileNotFoundError) as exc:
+    except (ValueError, FileNotFoundError, StoreUnavailableError) as exc:
         print(f"gonka-mux usage: error: {exc}", file=sys.stderr)
         return 2
     finally:
@@ -130,6 +137,7 @@ def _run(args: argparse.Namespace, query: UsageQuery, out: TextIO) -> int:
             "until": args.until,
             "totals": summary_columns(totals),
             "breakdowns": {by: summary_rows(rows) for by, rows in breakdowns.items()},
+            "cache": _cache_totals(totals),
         }
         json.dump(payload, out, indent=2)
         out.write("\n")
@@ -142,7 +150,34 @@ def _run(args: argparse.Namespace, query: UsageQuery, out: TextIO) -> int:
                 writer.writerow([by, group_label(s.group), *_csv_values(s)])
     else:
         _print_tables(totals, breakdowns, args.limit, out)
+        line = _cache_line(totals)
+        if line:
+            print(line, file=out)
     return 0
+
+
+def _cache_totals(totals: UsageSummary) -> dict[str, Any]:
+    """The response cache's totals: hits, misses, hit rate, tokens and cost the hits saved."""
+    return {
+        "hits": totals.cache_hits,
+        "misses": totals.cache_misses,
+        "hit_rate": totals.cache_hit_rate,
+        "saved_tokens": totals.saved_tokens,
+        "saved_cost": totals.saved_cost,
+    }
+
+
+def _cache_line(totals: UsageSummary) -> str | None:
+    rate = totals.cache_hit_rate
+    if rate is None:
+        return None  # the response cache was never asked: say nothing
+    looked = totals.cache_hits + totals.cache_misses
+    # a saving of 0 with tokens saved means no prices were configured: no cost to claim
+    cost = f" and {fmt_cost(totals.saved_cost)}" if totals.saved_cost else ""
+    return (
+        f"Response cache: {fmt_int(totals.cache_hits)} hit(s) of {fmt_int(looked)} lookup(s) "
+        f"({rate:.1%} hit rate), {fmt_int(totals.saved_tokens)} tokens{cost} saved."
+    )
 
 
 def _csv_values(summary: UsageSummary) -> list[Any]:

@@ -24,6 +24,7 @@ __all__ = [
     "SUMMARY_COLUMNS",
     "as_query",
     "auto_bucket",
+    "bucket_count",
     "fmt_cost",
     "fmt_int",
     "fmt_seconds",
@@ -53,8 +54,18 @@ SUMMARY_COLUMNS = (
     "failed_over",
 )
 
-# Bucket widths for "tokens over time", smallest first; the first giving <= 60 bars is used.
-_BUCKETS = (60, 300, 900, 3600, 6 * 3600, 86400, 7 * 86400, 30 * 86400)
+# Bucket widths (seconds) for "tokens over time", smallest first. The first that gives at most
+# MAX_BUCKETS bars is used; each width is at most 2.5x the one before, so the chart gets at least
+# ~24 bars (30 or more for most spans) whenever the run lasts 24 s or more: a 5-minute run is
+# not one bar. Widths are whole seconds because the page labels the buckets to the second.
+_BUCKETS = (
+    1, 2, 3, 5, 10, 15, 30,
+    60, 120, 180, 300, 600, 900, 1800,
+    3600, 2 * 3600, 3 * 3600, 6 * 3600, 12 * 3600,
+    86400, 2 * 86400, 4 * 86400, 7 * 86400, 14 * 86400, 30 * 86400, 60 * 86400, 90 * 86400,
+)  # fmt: skip
+#: The most bars "tokens over time" gets from :func:`auto_bucket`.
+MAX_BUCKETS = 60
 
 
 def as_query(source: UsageQuery | UsageStore | Iterable[UsageRecord]) -> UsageQuery:
@@ -88,10 +99,18 @@ def fmt_seconds(value: float | None) -> str:
     return "-" if value is None else f"{value:.3f} s"
 
 
+def bucket_count(first: float, last: float, width: float) -> int:
+    """How many buckets of ``width`` seconds, aligned to the epoch as
+    :meth:`~gonka_mux.metering.UsageQuery.timeseries` aligns them, span ``first``..``last``."""
+    return math.floor(last / width) - math.floor(first / width) + 1
+
+
 def auto_bucket(first: float, last: float) -> int:
-    span = max(last - first, 1.0)
+    """The bucket width (seconds) for a run from ``first`` to ``last``: the smallest of the
+    standard widths giving at most :data:`MAX_BUCKETS` buckets, so a short run gets seconds and
+    a month gets days, each drawn with about 30-60 bars."""
     for width in _BUCKETS:
-        if span / width <= 60:
+        if bucket_count(first, last, width) <= MAX_BUCKETS:
             return width
     return _BUCKETS[-1]
 

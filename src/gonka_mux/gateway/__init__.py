@@ -21,7 +21,14 @@ from gonka_mux._exports import lazy_exports
 
 if TYPE_CHECKING:
     from .app import Gateway, create_app
-    from .keys import ApiKey, KeyNotFoundError, KeyStore, KeyStoreError
+    from .keys import (
+        ApiKey,
+        KeyNotFoundError,
+        KeyStore,
+        KeyStoreError,
+        PostgresKeyStore,
+        open_key_store,
+    )
     from .openapi import openapi_document
 
 _EXPORTS = {
@@ -31,6 +38,8 @@ _EXPORTS = {
     "KeyStore": ".keys",
     "KeyStoreError": ".keys",
     "KeyNotFoundError": ".keys",
+    "PostgresKeyStore": ".keys",
+    "open_key_store": ".keys",
     "openapi_document": ".openapi",
 }
 
@@ -40,7 +49,9 @@ __all__ = [
     "KeyNotFoundError",
     "KeyStore",
     "KeyStoreError",
+    "PostgresKeyStore",
     "create_app",
+    "open_key_store",
     "openapi_document",
 ]
 

@@ -128,6 +128,8 @@ def admin_routes(g: Gateway) -> list[tuple[str, Callable[[Request], Awaitable[Re
             {
                 **stats,
                 "limits": limits,
+                # which backend counts (mux.stats()["limits"]; "local-fallback": Redis is away)
+                "limits_backend": stats.get("limits"),
                 "epoch": epoch,
                 "keys": {"active": active, "revoked": len(keys) - active},
             }

@@ -34,7 +34,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from gonka_mux.multiplexer import AsyncMultiplexer, Multiplexer
+from gonka_mux.context import CHAT, COMPLETIONS
+from gonka_mux.multiplexer import AsyncMultiplexer, Multiplexer, _split
 
 from . import _http
 from .admin import admin_routes
@@ -181,7 +182,7 @@ class Gateway:
         _http.check_type(body, "tools", (list,), "an array")
         _http.optional_str(body, "tier")
         kwargs = self._mux_kwargs(request, key, body)
-        result = await self.mux.chat.completions.create(**body, **kwargs)
+        result = await self._create(CHAT, body, kwargs)
         return self._relay(result, body, kwargs)
 
     async def completions(self, request: Request) -> Response:
@@ -193,7 +194,7 @@ class Gateway:
         _http.check_type(body, "stream", (bool,), "a boolean")
         _http.check_type(body, "stream_options", (dict,), "an object")
         kwargs = self._mux_kwargs(request, key, body)
-        result = await self.mux.completions.create(**body, **kwargs)
+        result = await self._create(COMPLETIONS, body, kwargs)
         return self._relay(result, body, kwargs)
 
     async def embeddings(self, request: Request) -> Response:
@@ -205,8 +206,21 @@ class Gateway:
         for name in ("stream", "session_id", "tier", "prompt_cache_key"):
             if name in body:
                 raise HTTPError(400, f"Unrecognized request argument supplied: {name}", param=name)
-        result = await self.mux.embeddings.create(**body, **self._caller_kwargs(key))
-        return _http.json_response(result)
+        kwargs = _cache_kwarg(request, self._caller_kwargs(key))
+        result = await self.mux.embeddings.create(**body, **kwargs)
+        return _http.json_response(result, headers=_cache_headers(result, {}))
+
+    async def _create(self, kind: Any, body: dict[str, Any], kwargs: dict[str, Any]) -> Any:
+        """What ``mux.<kind>.create(**body, **kwargs)`` returns, asked for as a relay
+        (``execute(relay=True)``): the request goes out on a hop built once per endpoint, and a
+        stream comes back as SSE bytes to relay unchanged (no chunk objects built and
+        serialised again: most of a relayed stream's cost). Usage, sessions and limits still
+        see every chunk."""
+        stream = bool(body.get("stream"))
+        params, request_options, options = _split({**body, **kwargs})
+        return await self.mux._core.execute(
+            kind, params, request_options, options, stream=stream, relay=True
+        )
 
     def _caller_kwargs(self, key: ApiKey) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"caller": key.id}
@@ -223,7 +237,7 @@ class Gateway:
         session by ``prompt_cache_key`` re-sends the whole conversation itself, so that session
         is used for affinity and metering only: no stored history is prepended.
         """
-        kwargs = self._caller_kwargs(key)
+        kwargs = _cache_kwarg(request, self._caller_kwargs(key))
         header = _http.session_header(request)
         in_body = _http.optional_str(body, "session_id", id_like=True)
         body.pop("session_id", None)
@@ -249,7 +263,7 @@ class Gateway:
         return f"{key.id}/{name}"
 
     def _relay(self, result: Any, body: Mapping[str, Any], kwargs: Mapping[str, Any]) -> Response:
-        headers = {}
+        headers = _cache_headers(result, {})
         session = kwargs.get("session_id")
         if session is not None:
             headers["X-Session-Id"] = session.split("/", 1)[1]
@@ -294,6 +308,12 @@ class Gateway:
             "models": [m.id for m in page.data],
             "uptime_s": round(time.time() - self.started_at, 3),
         }
+        limiter = getattr(self.mux, "limiter", None)
+        if limiter is not None:
+            # Shared limits (Redis) away: still serving, under per-process limits: degraded.
+            payload["limits"] = limits = limiter.status()
+            if limits["degraded"] and status == "ok":
+                payload["status"] = "degraded"
         return _http.json_response(payload, 200 if available else 503)
 
     async def openapi(self, request: Request) -> Response:
@@ -425,3 +445,26 @@ def create_app(
     )
     app.state.gateway = gateway
     return app
+
+
+def _cache_kwarg(request: Request, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The response cache per request, as HTTP says it: ``Cache-Control: no-store`` neither
+    reads nor stores (``cache=False``), ``no-cache`` fetches a fresh reply and stores it
+    (``cache="refresh"``). Without the header (or without a cache) nothing changes."""
+    control = request.headers.get("cache-control")
+    if control:
+        directives = {d.strip().lower() for d in control.split(",")}
+        if "no-store" in directives:
+            kwargs["cache"] = False
+        elif "no-cache" in directives:
+            kwargs["cache"] = "refresh"
+    return kwargs
+
+
+def _cache_headers(result: Any, headers: dict[str, str]) -> dict[str, str]:
+    """``x-gonka-mux-cache: hit`` (or ``miss``) on a reply the response cache served (or
+    fetched and stored), so a client can tell without a library attribute."""
+    status = getattr(result, "_gonka_mux_cache", None)  # gonka_mux.cache.replay.MARKER
+    if status is not None:
+        headers["x-gonka-mux-cache"] = status
+    return headers

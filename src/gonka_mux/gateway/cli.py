@@ -11,12 +11,16 @@ Settings, first found wins: the flag, the environment (``GONKA_GATEWAY_HOST``,
 ``GONKA_ADMIN_API_KEY``; when it is unset, one is generated on the first start, printed once and
 stored hashed next to the API keys (``--new-admin-key`` replaces it).
 
-``[gateway]`` keys: ``host``, ``port``, ``keys_db``, ``max_body_bytes``,
-``allow_private_webhooks``. Limits, tiers, metering, sessions, memory and webhooks come from
-their own sections of the same file (``[limits]``, ``[metering]``, ``[sessions]``, ``[memory]``,
-``[webhooks]``). A gateway always has them all: without ``[limits]`` every key gets the
-``default`` tier (``GONKA_DEFAULT_RPM`` / ``GONKA_DEFAULT_TPM``), and the others default to
-files in the state directory (``GONKA_MUX_STATE_DIR``).
+``[gateway]`` keys: ``host``, ``port``, ``keys_db``, ``database_url``, ``max_body_bytes``,
+``allow_private_webhooks``. ``database_url`` (or ``GONKA_GATEWAY_DATABASE_URL``), a
+``postgresql://`` URL, puts the API keys, and the usage records and jobs unless their sections
+name a ``path`` of their own, in one PostgreSQL database: replicas given the same URL share
+them (see "Running replicas" in docs/gateway.md). Limits, tiers, metering, sessions, memory
+and webhooks come from their own sections of the same file (``[limits]``, ``[metering]``,
+``[sessions]``, ``[memory]``, ``[webhooks]``). A gateway always has them all: without
+``[limits]`` every key gets the ``default`` tier (``GONKA_DEFAULT_RPM`` /
+``GONKA_DEFAULT_TPM``), and the others default to files in the state directory
+(``GONKA_MUX_STATE_DIR``).
 """
 
 from __future__ import annotations
@@ -52,6 +56,7 @@ _GATEWAY_KEYS = {
     "host",
     "port",
     "keys_db",
+    "database_url",
     "max_body_bytes",
     "allow_private_webhooks",
     "header_timeout",
@@ -188,8 +193,66 @@ def _state_path(name: str) -> Path:
     return state_dir() / name
 
 
-def _keys_db(flag: str | None, section: Mapping[str, Any]) -> str:
-    return str(flag or section.get("keys_db") or _state_path("gateway-keys.sqlite3"))
+def _database_url(section: Mapping[str, Any], source: str = "<env>") -> str | None:
+    """``GONKA_GATEWAY_DATABASE_URL`` or ``[gateway] database_url``: a ``postgresql://`` URL,
+    checked here (a typo must not silently fall back to per-process SQLite). Error messages show
+    the URL without its password."""
+    from gonka_mux._postgres import is_postgres_url, redact_url
+
+    from_env = os.environ.get("GONKA_GATEWAY_DATABASE_URL")
+    value = from_env if from_env else section.get("database_url")
+    key = "GONKA_GATEWAY_DATABASE_URL" if from_env else "gateway.database_url"
+    if value is None:
+        return None
+    expected = "a postgresql:// URL, e.g. postgresql://gonka:PASSWORD@db:5432/gonka"
+    if not isinstance(value, str):
+        kind = type(value).__name__
+        raise ConfigError(f"got a {kind}", source=source, key=key, expected=expected)
+    if not is_postgres_url(value):
+        # Not a URL we understand: show only its scheme, in case a password is in it.
+        scheme = value.split("://", 1)[0] if "://" in value else "no scheme"
+        raise ConfigError(f"got a URL with {scheme!r}", source=source, key=key, expected=expected)
+    if "keys_db" in section:
+        raise ConfigError(
+            f"both keys_db and {key} ({redact_url(value)}) are set",
+            source=source,
+            key="gateway.keys_db",
+            expected="one of them: database_url also holds the keys",
+        )
+    return value
+
+
+def _keys_db(flag: str | None, section: Mapping[str, Any], database_url: str | None = None) -> str:
+    return str(
+        flag or database_url or section.get("keys_db") or _state_path("gateway-keys.sqlite3")
+    )
+
+
+def _share_database(config: Mapping[str, Any], url: str) -> dict[str, Any]:
+    """``config`` with usage records (``[metering]``) and jobs (``[webhooks]``) on the
+    gateway's database, unless their sections choose a store of their own: replicas must
+    share them too, or usage is split across hosts and a job dies with its replica."""
+    shared = dict(config)
+    metering = shared.get("metering", {})
+    # A section that is not a table is left as it is: the feature's own check refuses it.
+    if (
+        isinstance(metering, Mapping)
+        and "path" not in metering
+        and metering.get("store", "sqlite") == "sqlite"
+    ):
+        shared["metering"] = {**metering, "path": url}
+    webhooks = shared.get("webhooks", {})
+    if isinstance(webhooks, Mapping) and "path" not in webhooks:
+        shared["webhooks"] = {**webhooks, "path": url}
+    return shared
+
+
+def _shared_jobs(config: Mapping[str, Any]) -> bool:
+    """Whether ``[webhooks]`` puts the jobs on a database other processes share."""
+    from gonka_mux._postgres import is_postgres_url
+
+    webhooks = config.get("webhooks")
+    return isinstance(webhooks, Mapping) and is_postgres_url(webhooks.get("path"))
 
 
 def _setting(flag: Any, env: str, section: Mapping[str, Any], name: str, default: Any) -> Any:
@@ -218,7 +281,11 @@ def _check_tier(config: Mapping[str, Any], tier: str) -> None:
     # Lazy: gonka_mux.limits adds ~24 ms (asyncio) to every `gonka-mux` command.
     from gonka_mux.limits import LimitsConfig
 
-    tiers = LimitsConfig.from_dict(config.get("limits")).tiers
+    limits = config.get("limits")
+    if isinstance(limits, Mapping):
+        # where the limiter keeps its state is the limits feature's business, not a tier's
+        limits = {k: v for k, v in limits.items() if k not in ("backend", "path", "redis_url")}
+    tiers = LimitsConfig.from_dict(limits).tiers
     if tier not in tiers:
         raise ConfigError(
             f"unknown tier {tier!r}", key="tier", expected="one of " + ", ".join(sorted(tiers))
@@ -227,7 +294,9 @@ def _check_tier(config: Mapping[str, Any], tier: str) -> None:
 
 def _keys(args: argparse.Namespace) -> int:
     # Lazy: the key store (hashlib, hmac, secrets) adds ~4 ms to every `gonka-mux` command.
-    from .keys import KeyNotFoundError, KeyStore, KeyStoreError
+    from gonka_mux._exceptions import StoreUnavailableError
+
+    from .keys import KeyNotFoundError, KeyStoreError, open_key_store
 
     try:
         config, section = _read_config(args.keys_config or args.config)
@@ -235,7 +304,11 @@ def _keys(args: argparse.Namespace) -> int:
             _check_tier(config, args.tier)
     except ConfigError as exc:
         return _fail(str(exc))
-    store = KeyStore(_keys_db(args.keys_keys_db or args.keys_db, section))
+    try:
+        database_url = _database_url(section, args.keys_config or args.config or "<env>")
+        store = open_key_store(_keys_db(args.keys_keys_db or args.keys_db, section, database_url))
+    except (ConfigError, StoreUnavailableError) as exc:
+        return _fail(str(exc))
     try:
         if args.keys_action == "create":
             record, plaintext = store.create(name=args.name, tier=args.tier)
@@ -250,7 +323,7 @@ def _keys(args: argparse.Namespace) -> int:
         else:
             record = store.set_tier(args.key_id, args.tier)
             print(f"{record.id} tier {record.tier}")
-    except (KeyNotFoundError, KeyStoreError) as exc:
+    except (KeyNotFoundError, KeyStoreError, StoreUnavailableError) as exc:
         return _fail(str(exc).strip("'\""))
     finally:
         store.close()
@@ -280,12 +353,17 @@ def _admin_key(store: Any, new: bool) -> str | None:
     return plaintext
 
 
-def _enable_defaults(mux: Any) -> None:
+def _enable_defaults(mux: Any, database_url: str | None = None) -> None:
     """Turn on what a gateway always offers and the config left off."""
     if getattr(mux, "limiter", None) is None:
         mux.enable_limits(None)
     if getattr(mux, "meter", None) is None:
-        mux.enable_metering()
+        if database_url is not None:
+            from gonka_mux.metering.stores import open_usage_store
+
+            mux.enable_metering(open_usage_store(database_url))
+        else:
+            mux.enable_metering()
     if getattr(mux, "sessions", None) is None:
         mux.enable_sessions()
     if getattr(mux, "memory", None) is None:
@@ -312,10 +390,12 @@ def _serve(args: argparse.Namespace) -> int:
     # Multiplexer (openai) takes ~0.5 s, which no other `gonka-mux` command should pay.
     import uvicorn
 
+    from gonka_mux._exceptions import StoreUnavailableError
+    from gonka_mux.config import load_config
     from gonka_mux.multiplexer import AsyncMultiplexer
 
     from .app import DEFAULT_MAX_BODY, create_app
-    from .keys import KeyStore
+    from .keys import open_key_store
 
     if args.config is None:
         return _fail(
@@ -323,9 +403,22 @@ def _serve(args: argparse.Namespace) -> int:
             "docs/configuration.md and docs/gateway.md)"
         )
     try:
-        mux = AsyncMultiplexer.from_config(args.config)
-        config = getattr(mux, "config", {}) or {}
-        section = _gateway_section(config, args.config)
+        data, source = load_config(args.config)
+        section = _gateway_section(data, source)
+        database_url = _database_url(section, source)
+        if database_url is None:
+            mux = AsyncMultiplexer.from_config(args.config)
+        else:
+            data = _share_database(data, database_url)
+            try:
+                mux = AsyncMultiplexer.from_config(data)
+            except ConfigError as exc:  # built from a dict: name the file, as without the URL
+                raise ConfigError(str(exc).replace("<dict>", source, 1)) from None
+            mux.config_source = source  # type: ignore[attr-defined]
+        if _shared_jobs(data):
+            # Jobs a replica claimed and then died with are taken over by a running job runner:
+            # every replica runs one from the start, not only after its first job request.
+            mux.on_start(mux.start_jobs)
         host = str(_setting(args.host, "GONKA_GATEWAY_HOST", section, "host", DEFAULT_HOST))
         port_text = _setting(args.port, "GONKA_GATEWAY_PORT", section, "port", DEFAULT_PORT)
         try:
@@ -362,11 +455,11 @@ def _serve(args: argparse.Namespace) -> int:
         if from_env is not None:
             check_admin_key(from_env)
         _secure_state_dir()
-        _enable_defaults(mux)
-    except ConfigError as exc:
+        _enable_defaults(mux, database_url)
+        store = open_key_store(_keys_db(args.keys_db, section, database_url))
+        admin_key = _admin_key(store, args.new_admin_key)
+    except (ConfigError, StoreUnavailableError) as exc:
         return _fail(str(exc))
-    store = KeyStore(_keys_db(args.keys_db, section))
-    admin_key = _admin_key(store, args.new_admin_key)
     app = create_app(
         mux,
         keys=store,

@@ -18,7 +18,7 @@ from typing import Any
 import openai
 from starlette.responses import Response
 
-from gonka_mux.errors import AllEndpointsUnauthorized, GonkaMuxError
+from gonka_mux.errors import AllEndpointsUnauthorized, GonkaMuxError, StoreUnavailableError
 
 __all__ = ["HTTPError", "error_body", "error_response", "error_status"]
 
@@ -126,6 +126,16 @@ def _classify(exc: BaseException) -> tuple[int, dict[str, Any], dict[str, str]]:
             seconds = getattr(exc, "retry_after", None)
             headers["Retry-After"] = str(max(1, math.ceil(seconds))) if seconds else "1"
         return status, body, headers
+    if isinstance(exc, StoreUnavailableError):
+        # A shared store (the key database, sessions, memory) is away for a moment: the caller
+        # may retry, and the operator sees one warning line (the store logged it), no traceback.
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after)))
+        body = HTTPError(
+            503,
+            "A store the gateway depends on is unavailable right now; retry shortly.",
+            code="store_unavailable",
+        ).to_dict()
+        return 503, body, headers
     if isinstance(exc, openai.APITimeoutError):
         return 504, _upstream_body(exc, 504), headers
     if isinstance(exc, openai.APIConnectionError):

@@ -11,33 +11,48 @@ not a secret and may appear in logs and usage reports. The plaintext never does.
 
 The store also keeps the hash of a generated admin key (``admin_key_hash``), so ``gonka-mux
 gateway`` can print a generated admin key once and still accept it after a restart.
+
+:class:`KeyStore` keeps all this in a SQLite file (one host); :class:`PostgresKeyStore` keeps it
+in PostgreSQL, so several gateway replicas share one set of keys. :func:`open_key_store` picks
+one from a path or a ``postgresql://`` URL.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 import os
 import re
 import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from gonka_mux._exceptions import GonkaMuxError  # not .errors: that imports openai (~0.4 s)
+from gonka_mux._exceptions import (  # not .errors: that imports openai (~0.4 s)
+    GonkaMuxError,
+    StoreUnavailableError,
+)
+from gonka_mux._postgres import is_postgres_url, redact_url, sync_pool
 
 __all__ = [
     "ApiKey",
     "KeyNotFoundError",
     "KeyStore",
     "KeyStoreError",
+    "PostgresKeyStore",
     "hash_key",
+    "open_key_store",
 ]
+
+log = logging.getLogger("gonka_mux.gateway")
+
+T = TypeVar("T")
 
 KEY_PREFIX = "gmx_"
 _KEY_RE = re.compile(r"^gmx_([0-9a-f]{12})_([A-Za-z0-9_-]{32,128})$")
@@ -309,3 +324,209 @@ class KeyStore:
     def close(self) -> None:
         with self._lock:
             self._conn.close()
+
+
+# Table names carry a gateway_ prefix: the same database also holds usage, jobs, sessions and
+# memory when the whole fleet shares one PostgreSQL.
+_PG_SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS gateway_api_keys (
+        id TEXT PRIMARY KEY,
+        hash TEXT NOT NULL,
+        name TEXT NOT NULL,
+        tier TEXT NOT NULL,
+        created_at DOUBLE PRECISION NOT NULL,
+        revoked_at DOUBLE PRECISION
+    )""",
+    """CREATE TABLE IF NOT EXISTS gateway_meta (
+        name TEXT PRIMARY KEY,
+        value TEXT NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS gateway_memory_usage (
+        key_id TEXT NOT NULL,
+        namespace TEXT NOT NULL,
+        item TEXT NOT NULL,
+        bytes BIGINT NOT NULL,
+        PRIMARY KEY (key_id, namespace, item)
+    )""",
+)
+# Replicas starting together would race on CREATE TABLE IF NOT EXISTS (a unique violation in
+# pg_type); a transaction-scoped advisory lock makes them take turns.
+_PG_SCHEMA_LOCK = 0x676D785F6B657973  # "gmx_keys"
+_PG_COLUMNS = "id, hash, name, tier, created_at, revoked_at"
+DEFAULT_PG_CACHE_TTL = 0.5
+
+
+class PostgresKeyStore(KeyStore):
+    """API keys in PostgreSQL, shared by every gateway replica that is given the same URL.
+
+    Same API, hashing and constant-time check as :class:`KeyStore`. A key revoked or
+    re-tiered through any replica is refused by every other one within ``cache_ttl`` seconds
+    (0.5 by default: a verified key is cached that long, so a busy key costs one query per
+    ``cache_ttl`` rather than one per request). When the database cannot be reached, operations
+    raise :class:`~gonka_mux.StoreUnavailableError` (whose message never holds the password)
+    after waiting at most ``timeout`` seconds for a connection: lookups are synchronous, and a
+    gateway's event loop waits with them, so this is kept short. The connection pool is the
+    process's shared one for ``url`` (``gonka_mux._postgres``), so :meth:`close` leaves it open
+    for the other stores on the same database.
+    """
+
+    def __init__(
+        self, url: str, *, cache_ttl: float = DEFAULT_PG_CACHE_TTL, timeout: float = 2.0
+    ) -> None:
+        if not is_postgres_url(url):
+            raise KeyStoreError("PostgresKeyStore needs a postgresql:// URL")
+        self._url = url
+        self.path = redact_url(url)  # what messages show (the CLI prints where keys live)
+        self.cache_ttl = cache_ttl
+        self._timeout = timeout
+        self._cache: dict[str, tuple[float, str, ApiKey]] = {}
+        self._pool = sync_pool(url)
+        self._closed = False
+        self._run(self._create_schema)
+
+    def __repr__(self) -> str:
+        return f"PostgresKeyStore(url={self.path!r})"
+
+    @staticmethod
+    def _create_schema(conn: Any) -> None:
+        with conn.transaction():
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PG_SCHEMA_LOCK,))
+            for statement in _PG_SCHEMA:
+                conn.execute(statement)
+
+    def _run(self, work: Callable[[Any], T]) -> T:
+        """``work(conn)`` on a pooled connection. The driver's failures to reach the server
+        become StoreUnavailableError (named by type only: a driver message may quote the URL).
+
+        After a server restart or failover every idle pooled connection is dead, so a failed
+        attempt has the pool test its idle connections (dropping the dead ones) and tries once
+        more: one lost connection costs no request. Every statement here is safe to repeat
+        (upserts, updates to fixed values, reads; a repeated insert of a new key fails on its
+        unique id rather than making two keys)."""
+        import psycopg
+        import psycopg_pool
+
+        if self._closed:
+            raise KeyStoreError(f"{self!r} is closed")
+        for attempt in (1, 2):
+            try:
+                with self._pool.connection(timeout=self._timeout) as conn:
+                    return work(conn)
+            except psycopg.OperationalError as exc:
+                if attempt == 1:
+                    self._pool.check()
+                    continue
+                failure: Exception = exc
+            except psycopg_pool.PoolTimeout as exc:
+                failure = exc
+            break
+        log.warning("gateway key database %s unreachable: %s", self.path, type(failure).__name__)
+        raise StoreUnavailableError(
+            f"the gateway's key database ({self.path}) cannot be reached right now "
+            f"({type(failure).__name__}); retry shortly",
+            backend="postgresql",
+        ) from None
+
+    def _fetchone(self, sql: str, params: tuple[Any, ...] = ()) -> tuple[Any, ...] | None:
+        def work(conn: Any) -> tuple[Any, ...] | None:
+            row: tuple[Any, ...] | None = conn.execute(sql, params).fetchone()
+            return row
+
+        return self._run(work)
+
+    def _execute(self, sql: str, params: tuple[Any, ...] = ()) -> int:
+        """Run one statement (autocommit); returns the affected row count."""
+        return self._run(lambda conn: int(conn.execute(sql, params).rowcount))
+
+    # -- keys -----------------------------------------------------------------------------
+    def create(self, name: str = "", tier: str = "default") -> tuple[ApiKey, str]:
+        _check_name(name)
+        _check_tier(tier)
+        key_id = secrets.token_hex(6)
+        plaintext = f"{KEY_PREFIX}{key_id}_{secrets.token_urlsafe(32)}"
+        record = ApiKey(key_id, name, tier, time.time())
+        self._execute(
+            "INSERT INTO gateway_api_keys (id, hash, name, tier, created_at) "
+            "VALUES (%s, %s, %s, %s, %s)",
+            (key_id, hash_key(plaintext), name, tier, record.created_at),
+        )
+        return record, plaintext
+
+    def list(self, *, include_revoked: bool = True) -> list[ApiKey]:
+        sql = f"SELECT {_PG_COLUMNS} FROM gateway_api_keys"
+        if not include_revoked:
+            sql += " WHERE revoked_at IS NULL"
+        rows = self._run(lambda conn: conn.execute(sql + " ORDER BY created_at, id").fetchall())
+        return [self._record(tuple(row))[1] for row in rows]
+
+    def revoke(self, key_id: str) -> ApiKey:
+        self._execute(
+            "UPDATE gateway_api_keys SET revoked_at = %s WHERE id = %s AND revoked_at IS NULL",
+            (time.time(), key_id),
+        )
+        self._cache.pop(key_id, None)
+        return self.get(key_id)
+
+    def set_tier(self, key_id: str, tier: str) -> ApiKey:
+        _check_tier(tier)
+        changed = self._execute(
+            "UPDATE gateway_api_keys SET tier = %s WHERE id = %s", (tier, key_id)
+        )
+        self._cache.pop(key_id, None)
+        if not changed:
+            raise KeyNotFoundError(f"no API key with id {key_id!r}")
+        return self.get(key_id)
+
+    def _row(self, key_id: str) -> tuple[str, ApiKey] | None:
+        row = self._fetchone(f"SELECT {_PG_COLUMNS} FROM gateway_api_keys WHERE id = %s", (key_id,))
+        return None if row is None else self._record(row)
+
+    # -- the generated admin key ------------------------------------------------------------
+    def admin_key_hash(self) -> str | None:
+        row = self._fetchone("SELECT value FROM gateway_meta WHERE name = 'admin_key_hash'")
+        return None if row is None else str(row[0])
+
+    def generate_admin_key(self) -> str:
+        plaintext = f"gmx_admin_{secrets.token_urlsafe(32)}"
+        self._execute(
+            "INSERT INTO gateway_meta (name, value) VALUES ('admin_key_hash', %s) "
+            "ON CONFLICT (name) DO UPDATE SET value = EXCLUDED.value",
+            (hash_key(plaintext),),
+        )
+        return plaintext
+
+    # -- per-key memory accounting ----------------------------------------------------------
+    def memory_used(self, key_id: str, exclude: tuple[str, str] | None = None) -> int:
+        sql = "SELECT COALESCE(SUM(bytes), 0) FROM gateway_memory_usage WHERE key_id = %s"
+        params: tuple[Any, ...] = (key_id,)
+        if exclude is not None:
+            sql += " AND NOT (namespace = %s AND item = %s)"
+            params += tuple(exclude)
+        row = self._fetchone(sql, params)
+        return int(row[0]) if row is not None else 0
+
+    def memory_set(self, key_id: str, namespace: str, item: str, size: int) -> None:
+        self._execute(
+            "INSERT INTO gateway_memory_usage (key_id, namespace, item, bytes) "
+            "VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (key_id, namespace, item) DO UPDATE SET bytes = EXCLUDED.bytes",
+            (key_id, namespace, item, size),
+        )
+
+    def memory_forget(self, key_id: str, namespace: str, item: str) -> None:
+        self._execute(
+            "DELETE FROM gateway_memory_usage WHERE key_id = %s AND namespace = %s AND item = %s",
+            (key_id, namespace, item),
+        )
+
+    def close(self) -> None:
+        # The pool is shared with the other stores on this database: leave it to them.
+        self._closed = True
+
+
+def open_key_store(location: str | os.PathLike[str], **options: Any) -> KeyStore:
+    """A :class:`PostgresKeyStore` for a ``postgresql://`` URL, else a SQLite :class:`KeyStore`
+    at the path (``options``: ``cache_ttl``...)."""
+    if is_postgres_url(location):
+        return PostgresKeyStore(str(location), **options)
+    return KeyStore(location, **options)

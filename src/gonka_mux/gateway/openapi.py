@@ -219,6 +219,11 @@ _SCHEMAS: dict[str, Any] = {
             "status": {"type": "string", "enum": ["ok", "degraded", "unavailable"]},
             "endpoints": {"type": "object"},
             "models": {"type": "array", "items": {"type": "string"}},
+            "limits": {
+                "type": "object",
+                "description": "Which rate-limit backend counts; backend 'local-fallback' "
+                "(status 'degraded') while a shared one such as Redis is away.",
+            },
         },
     },
     "Session": {

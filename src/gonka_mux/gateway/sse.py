@@ -16,6 +16,7 @@ from typing import Any
 
 import anyio
 from starlette.responses import StreamingResponse
+from starlette.types import Send
 
 from .errors import error_body
 
@@ -35,10 +36,14 @@ def encode_chunk(chunk: Any) -> bytes:
 async def _events(stream: Any, hide_usage: bool) -> AsyncIterator[bytes]:
     try:
         async for chunk in stream:
+            if type(chunk) is bytes:  # SSE events relayed as they came (raw_sse)
+                yield chunk
+                continue
             if hide_usage and not chunk.choices and getattr(chunk, "usage", None) is not None:
                 continue  # a usage chunk the gateway asked for (metering), not the client
             yield encode_chunk(chunk)
-        yield DONE
+        if not getattr(stream, "sent_done", False):  # a raw relay sent it with its last events
+            yield DONE
     except Exception as exc:
         log.info("stream ended with an error after it had started: %s", type(exc).__name__)
         yield b"data: " + json.dumps(error_body(exc), default=str).encode() + b"\n\n"
@@ -51,11 +56,37 @@ async def _events(stream: Any, hide_usage: bool) -> AsyncIterator[bytes]:
                 log.debug("closing the upstream stream failed", exc_info=True)
 
 
+class _SSEResponse(StreamingResponse):
+    """A StreamingResponse that sends the last events, ``[DONE]`` and the end of the body in
+    one write (Starlette sends the end on its own: one more write per stream)."""
+
+    async def stream_response(self, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        events = self.body_iterator.__aiter__()
+        while True:
+            try:
+                chunk = await events.__anext__()
+            except StopAsyncIteration:
+                break
+            if chunk.endswith(DONE):
+                try:  # [DONE] is last: end the stream (it closes upstream, runs its hooks)
+                    extra = await events.__anext__()
+                except StopAsyncIteration:
+                    await send({"type": "http.response.body", "body": chunk, "more_body": False})
+                    return
+                chunk += extra  # not expected after [DONE]; relayed all the same
+            await send({"type": "http.response.body", "body": chunk, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
 def sse_response(
     stream: Any, *, hide_usage: bool = False, headers: dict[str, str] | None = None
 ) -> StreamingResponse:
-    """A streaming response relaying ``stream`` (an async iterator of openai chunks)."""
-    return StreamingResponse(
+    """A streaming response relaying ``stream`` (an async iterator of openai chunks, or of
+    SSE ``bytes`` already framed, from a stream made with ``raw_sse``)."""
+    return _SSEResponse(
         _events(stream, hide_usage),
         media_type="text/event-stream",
         headers={**_HEADERS, **(headers or {})},

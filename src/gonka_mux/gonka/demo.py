@@ -35,6 +35,17 @@ def _short(address: str) -> str:
     return f"{address[:10]}...{address[-4:]}"
 
 
+def _why(name: str, snapshot: dict[str, Any], departed: set[str], newcomer: str) -> str:
+    """Why an endpoint of the Gonka demo got the traffic it got, in a few words."""
+    if snapshot["kind"] != "gonka":
+        return "(broker: in the same pool, picked by latency and weight like the TAs)"
+    if name in departed:
+        return "(left at the epoch change: no new requests after the swap)"
+    if newcomer in name:
+        return "(joined at the epoch change: traffic only after the swap)"
+    return "(traffic in proportion to its weight, i.e. its compute)"
+
+
 async def _wait_for(predicate: Any, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -75,6 +86,12 @@ async def run_gonka_demo(
         )
         manager = result.refresh_manager
         assert manager is not None
+        say("   In Gonka's words:")
+        say("   - epoch: a stretch of the chain with a fixed set of participants, the hosts that")
+        say("     serve models; each has a weight, its share of the network's compute.")
+        say('   - phase "Inference": the part of an epoch when participants serve requests.')
+        say("   - TA (Transfer Agent): the participant host that takes your signed request and")
+        say("     passes it on to a model; requester: your account, whose key signs each one.")
         say(
             f"   discovered epoch {result.epoch_id} (phase {result.phase}) from "
             f"{net.source_url} in {(time.perf_counter() - started) * 1000:.0f} ms; "
@@ -86,7 +103,10 @@ async def run_gonka_demo(
                 f"{', '.join(participant.models)}  {participant.inference_url}"
             )
         await aadd_gonka_broker(mux, broker.url, BROKER_KEY, name="broker")
-        say(f"   + a broker (Bearer key) serving {MODEL} in the same pool\n")
+        say(
+            f"   + a broker (a service that takes a Bearer API key and passes requests to Gonka "
+            f"for you) serving {MODEL} in the same pool\n"
+        )
 
         say("   a) A multi-turn conversation over signed requests")
         messages: list[dict[str, Any]] = [{"role": "system", "content": "Be brief."}]
@@ -98,6 +118,8 @@ async def run_gonka_demo(
             say(f"      user: {turn:<22} -> {text!r} (inference id {reply.id[:12]}...)")
 
         say(f"\n   b) {requests} requests, {concurrency} at a time, across an epoch change")
+        say("      (the switch block: the block height at which the next epoch's participants")
+        say("      take over; gonka_mux reads them in advance and swaps them in at that block)")
         newcomer = net.add_participant(weight=250)
         newcomer.set_faults(latency=0.02, jitter=0.01)
         stays = net.participants[1:]
@@ -157,12 +179,16 @@ async def run_gonka_demo(
         )
 
         stats = mux.stats()["endpoints"]
-        say("\n   c) Who served what")
+        say("\n   c) Who served what, and why")
+        departed_names = {ep.name for ep in departed}
         for name, snapshot in stats.items():
             address = name.split(":", 1)[-1].split("/", 1)[0]
             label = name if snapshot["kind"] != "gonka" else f"TA {_short(address)}"
             served_here, weight = snapshot["successes"], snapshot["weight"]
-            say(f"      {label:<24} {served_here:>4} served  weight {weight:.2f}")
+            say(
+                f"      {label:<24} {served_here:>4} served  weight {weight:.2f}  "
+                f"{_why(name, snapshot, departed_names, newcomer.address)}"
+            )
         records = net.inference_requests
         verified = sum(
             verify_signature(

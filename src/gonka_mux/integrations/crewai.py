@@ -18,6 +18,13 @@ Stop words are applied locally (as CrewAI's own OpenAI provider does), so backen
 ``stop`` together with tools still work. ``response_model`` is sent as a JSON-schema
 ``response_format`` and the reply is validated into the model.
 
+``Task(output_json=...)``/``Task(output_pydantic=...)``: CrewAI's default converter builds its own
+OpenAI client from the LLM's ``provider``/``base_url``/``api_key`` (a Multiplexer has none of
+them), fails, and the crew reported success with ``json_dict=None``. So the first call made for
+such a task sets the task's ``converter_cls`` to :class:`MultiplexerConverter` (unless the task
+names its own): the conversion then goes through the Multiplexer, and a reply that still does not
+fit the model raises ``ConverterError`` instead of passing silently.
+
 Needs the ``crewai`` extra (CrewAI pins ``openai<3``: use it with openai 2.x).
 """
 
@@ -40,11 +47,12 @@ except ImportError as exc:  # the extra is not installed
 from crewai.hooks.dispatch import HookAborted
 from crewai.llms.base_llm import BaseLLM, LLMCallBlockedError, llm_call_context
 from crewai.llms.providers.utils.common import safe_tool_conversion
+from crewai.utilities.converter import Converter
 from crewai.utilities.exceptions.context_window_exceeding_exception import (
     LLMContextLengthExceededError,
 )
 from crewai.utilities.pydantic_schema_utils import generate_model_description
-from pydantic import BaseModel, Field, PrivateAttr
+from pydantic import BaseModel, Field, PrivateAttr, ValidationError
 
 from ._bridge import ChatBridge
 
@@ -56,7 +64,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("gonka_mux.integrations.crewai")
 
-__all__ = ["MultiplexerLLM"]
+__all__ = ["MultiplexerConverter", "MultiplexerLLM"]
 
 _CONTEXT_WINDOW_USABLE = 0.85  # CrewAI's own providers keep 15% of the window in reserve
 
@@ -108,6 +116,53 @@ def _check_client_kwargs(params: dict[str, Any]) -> None:
         )
     if params.get("max_retries") is not None:
         log.debug("MultiplexerLLM: max_retries ignored, the Multiplexer owns retries")
+
+
+class MultiplexerConverter(Converter):
+    """CrewAI's output converter, through the LLM's own ``call`` (so through the Multiplexer).
+
+    CrewAI's :class:`~crewai.utilities.converter.Converter` turns text into JSON with an
+    ``instructor`` client it builds from the LLM's attributes; for a :class:`MultiplexerLLM`
+    that client cannot exist and the conversion failed silently. Here the text is used as is
+    when it already fits the model; otherwise the LLM is asked again with the model as its
+    ``response_format``. After ``max_attempts`` it raises ``ConverterError`` (CrewAI's own
+    converter returns the error, and the task then reports success without its output).
+    Set automatically on tasks run by a :class:`MultiplexerLLM`; or pass
+    ``Task(converter_cls=MultiplexerConverter)``.
+    """
+
+    def _as_given(self) -> BaseModel | None:
+        """The text itself, when it is (or contains) a JSON object that fits the model."""
+        text = self.text.strip()
+        start, end = text.find("{"), text.rfind("}")
+        for candidate in (text, text[start : end + 1] if 0 <= start < end else None):
+            if candidate:
+                try:
+                    return self.model.model_validate_json(candidate)
+                except ValidationError:
+                    continue
+        return None
+
+    def to_pydantic(self, current_attempt: int = 1) -> BaseModel:
+        return self._as_given() or super().to_pydantic(current_attempt)
+
+    async def ato_pydantic(self, current_attempt: int = 1) -> BaseModel:
+        return self._as_given() or await super().ato_pydantic(current_attempt)
+
+    def to_json(self, current_attempt: int = 1) -> str:  # type: ignore[override]
+        return self.to_pydantic(current_attempt).model_dump_json()
+
+    async def ato_json(self, current_attempt: int = 1) -> str:
+        return (await self.ato_pydantic(current_attempt)).model_dump_json()
+
+
+def _route_conversion(task: Any) -> None:
+    """Give a task with structured output a converter that calls through the Multiplexer."""
+    wants = getattr(task, "output_json", None) or getattr(task, "output_pydantic", None)
+    if wants is None or getattr(task, "converter_cls", None) is not None:
+        return
+    task.converter_cls = MultiplexerConverter
+    log.debug("task %r: structured output converted through the Multiplexer", task.name)
 
 
 class MultiplexerLLM(BaseLLM):
@@ -279,6 +334,8 @@ class MultiplexerLLM(BaseLLM):
         response_model: type[BaseModel] | None,
     ) -> Generator[_Send, _Reply, Any]:
         """Everything but the request itself: events, hooks, the body, the reply's handling."""
+        if from_task is not None:
+            _route_conversion(from_task)
         with llm_call_context():
             self._emit_call_started_event(
                 messages=messages,

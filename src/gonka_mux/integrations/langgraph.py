@@ -64,6 +64,7 @@ from langgraph.store.base import (
 from langgraph.store.base.embed import get_text_at_path
 
 from gonka_mux._loop_thread import Portal
+from gonka_mux._postgres import is_postgres_url
 from gonka_mux.memory import MemoryItem, MemoryStore
 from gonka_mux.sessions import DiskSessionStore, MemorySessionStore, RedisSessionStore
 
@@ -127,14 +128,20 @@ class SessionStoreSaver(BaseCheckpointSaver[str]):
     @classmethod
     def from_conn_string(cls, conn_string: str, **kwargs: Any) -> SessionStoreSaver:
         """A saver over its own store, closed with it: ``"memory"``, ``"disk"`` (the state
-        directory), a directory path, or a ``redis://`` URL. Use it as LangGraph's savers are
-        used: ``with SessionStoreSaver.from_conn_string(url) as saver:`` (or ``async with``)."""
+        directory), a directory path, a ``redis://`` or a ``postgresql://`` URL. Use it as
+        LangGraph's savers are used: ``with SessionStoreSaver.from_conn_string(url) as saver:``
+        (or ``async with``)."""
         if not isinstance(conn_string, str) or not conn_string:
             raise ValueError(
-                "from_conn_string needs 'memory', 'disk', a directory path or a redis:// URL"
+                "from_conn_string needs 'memory', 'disk', a directory path, a redis:// or a "
+                "postgresql:// URL"
             )
         if conn_string.startswith(("redis://", "rediss://", "unix://")):
             store: Any = RedisSessionStore(conn_string)
+        elif is_postgres_url(conn_string):
+            from gonka_mux.sessions.postgres import PostgresSessionStore
+
+            store = PostgresSessionStore(conn_string)
         elif conn_string == "memory":
             store = MemorySessionStore()
         elif conn_string == "disk":

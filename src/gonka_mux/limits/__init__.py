@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from .backend import LimitBackend
 from .config import LimitsConfig, RateLimit, Tier
-from .limiter import RateLimiter, Rejected, Reservation, estimate_tokens
+from .limiter import LOCAL_FALLBACK, RateLimiter, Rejected, Reservation, estimate_tokens
 from .memory import MemoryLimitBackend
 from .redis import RedisLimitBackend
 from .sqlite import SqliteLimitBackend
 
 __all__ = [
+    "LOCAL_FALLBACK",
     "LimitBackend",
     "LimitsConfig",
     "MemoryLimitBackend",

@@ -6,6 +6,11 @@ limit is passed on every call (not stored), so a tier change applies to the next
 
 Every operation has a blocking and an async form, like httpx's Client and AsyncClient; the memory
 and SQLite backends do the same work in both, Redis uses its sync or asyncio client.
+
+A shared backend that cannot be reached raises :class:`gonka_mux.errors.StoreUnavailableError`
+(promptly: it must not hold a request), which the :class:`~gonka_mux.limits.RateLimiter` answers
+with in-process limits until the backend answers again. An optional ``kind`` attribute names the
+backend in ``RateLimiter.status()``.
 """
 
 from __future__ import annotations

@@ -107,6 +107,8 @@ class LimitsFeature(Feature):
             ctx.caller or DEFAULT_CALLER,
             tokens=self._estimate(ctx),
             tier=metadata.get("limit_tier"),
+            # before-hooks run outside the routing deadline: the limiter must not outlast it
+            deadline_at=ctx.deadline_at,
         )
         ctx.set(RESERVATION, reservation)
 

@@ -21,6 +21,9 @@ class MemoryLimitBackend:
     ``clock`` returns seconds; tests pass a fake one.
     """
 
+    #: the name ``mux.stats()["limits"]["backend"]`` shows
+    kind = "memory"
+
     def __init__(self, *, clock: Callable[[], float] = time.monotonic) -> None:
         self._clock = clock
         self._state: dict[str, tuple[float, float]] = {}

@@ -60,6 +60,9 @@ class SqliteLimitBackend:
     use and reopened after ``fork``.
     """
 
+    #: the name ``mux.stats()["limits"]["backend"]`` shows
+    kind = "sqlite"
+
     def __init__(
         self, path: str | os.PathLike[str] | None = None, *, clock: Callable[[], float] = time.time
     ) -> None:

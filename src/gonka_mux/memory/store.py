@@ -40,6 +40,7 @@ from typing import Any
 
 from gonka_mux._exceptions import GonkaMuxError
 from gonka_mux._paths import state_dir
+from gonka_mux._postgres import is_postgres_url
 from gonka_mux.memory._bm25 import pack_tokens, tokenize
 from gonka_mux.memory.bm25_fallback import FallbackIndex
 from gonka_mux.memory.hybrid import (
@@ -149,8 +150,10 @@ class MemoryStore:
     """Persistent per-namespace memory with BM25 (optionally hybrid) search.
 
     ``path``: a SQLite file (created with its parent directories), a directory (``memory.sqlite3``
-    inside it) or ``None`` for ``memory.sqlite3`` in the state directory (``$GONKA_MUX_STATE_DIR``,
-    else ``$XDG_STATE_HOME/gonka_mux``, else ``~/.local/state/gonka_mux``).
+    inside it), a ``postgresql://`` URL (then a
+    :class:`~gonka_mux.memory.postgres.PostgresMemoryStore`, same ranking) or ``None`` for
+    ``memory.sqlite3`` in the state directory (``$GONKA_MUX_STATE_DIR``, else
+    ``$XDG_STATE_HOME/gonka_mux``, else ``~/.local/state/gonka_mux``).
 
     ``embedder`` turns on hybrid ranking (see :mod:`gonka_mux.memory.hybrid`); ``embedding_model``
     names the model when the embedder is an OpenAI-shaped client. Vectors are compared with the
@@ -165,6 +168,14 @@ class MemoryStore:
     ``use_fts5=False`` forces the pure-Python index, ``None`` picks FTS5 when SQLite has it.
     The async twins (``aput``, ``asearch``...) run the same code in a worker thread.
     """
+
+    def __new__(cls, path: str | os.PathLike[str] | None = None, **options: Any) -> MemoryStore:
+        # A postgresql:// URL where a file path is accepted puts the store on PostgreSQL.
+        if cls is MemoryStore and is_postgres_url(path):
+            from gonka_mux.memory.postgres import PostgresMemoryStore
+
+            return PostgresMemoryStore.__new__(PostgresMemoryStore)
+        return super().__new__(cls)
 
     def __init__(
         self,

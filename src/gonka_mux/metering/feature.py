@@ -10,12 +10,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._exceptions import ConfigError
+from ..cache.feature import CACHE
 from ..features import ORDER_METERING, Feature, register_feature, reject_leftover, section_of
 from ..tiering.feature import TIERING_DECISION
 from .meter import Meter
 from .prices import Prices
 from .records import UsageRecord
-from .stores import MemoryUsageStore, SqliteUsageStore
+from .stores import MemoryUsageStore, open_usage_store
 
 __all__ = ["MeteringFeature"]
 
@@ -56,7 +57,10 @@ class MeteringFeature(Feature):
         **meter_options: Any,
     ) -> None:
         if store is None:
-            store = SqliteUsageStore(path)
+            # ``path`` may be a postgresql:// URL: one usage table for every host.
+            store = open_usage_store(path)
+        elif isinstance(store, str) and store.lower().startswith(("postgresql://", "postgres://")):
+            store = open_usage_store(store)
         elif store == "memory":
             store = MemoryUsageStore()
         if isinstance(prices, Mapping):
@@ -106,6 +110,7 @@ class MeteringFeature(Feature):
         # An attempt that was cancelled because another won is not a request of its own: the
         # record counts the request once, with the winner's tokens.
         attempts = sum(1 for a in ctx.attempts if a.reason != "cancelled") or len(ctx.attempts)
+        cache, saved_tokens, saved_cost = self._cache_fields(ctx, served or requested)
         self.meter.record(
             UsageRecord(
                 model=requested,
@@ -129,8 +134,26 @@ class MeteringFeature(Feature):
                 error=error,
                 hedged=ctx.hedged,
                 failed_over=ctx.failed_over,
+                cache=cache,
+                saved_tokens=saved_tokens,
+                saved_cost=saved_cost,
             )
         )
+
+    def _cache_fields(self, ctx: Any, model: str) -> tuple[str, int, float | None]:
+        """The response cache's part of the record: a hit spent no tokens (ctx.usage is None)
+        and saved those of the reply it replayed, priced like any other request."""
+        lookup = ctx.get(CACHE)
+        if lookup is None or lookup.status not in ("hit", "miss"):
+            return "", 0, None
+        if lookup.status == "miss":
+            return "miss", 0, None
+        usage = lookup.usage or {}
+        prompt = int(usage.get("prompt_tokens") or 0)
+        completion = int(usage.get("completion_tokens") or 0)
+        prices = self.meter.prices
+        saved = prices.cost(model, prompt, completion) if prices is not None else None
+        return "hit", prompt + completion, saved
 
     async def aclose(self) -> None:
         await asyncio.to_thread(self.meter.close)  # flushes the queued records

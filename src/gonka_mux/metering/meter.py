@@ -6,15 +6,19 @@ transaction for SQLite) and to any sinks (e.g. the Prometheus exporter). ``flush
 everything recorded before it is stored; ``close()`` flushes, stops the thread and closes the
 store. An ``atexit`` hook flushes a meter that was never closed, so a clean exit loses nothing.
 
-A store that fails (disk full, database locked) does not lose records: the batch goes back to
-the head of the queue and is retried with backoff; ``close()`` raises if it still cannot write.
+A store that fails (disk full, database locked, a shared PostgreSQL store that is away: any
+``OSError``, which :class:`~gonka_mux.errors.StoreUnavailableError` is) does not lose records: the
+batch goes back to the head of the queue and is retried with backoff, with one warning when the
+store goes away and one info line when it is back; ``close()`` raises if it still cannot write
+(the records stay in the journal for the next Meter).
 A record the store refuses for what it holds (a value SQLite cannot take) never blocks the
 others: the batch is written record by record, and the one that still fails is quarantined
 (logged, and kept in ``<journal>/quarantine.jsonl`` when there is a journal) instead of being
 retried for ever. (The SQLite store already replaces lone surrogates in text with U+FFFD.)
 
 Durability: with a journal (the default for :class:`SqliteUsageStore`: the directory
-``<db>.journal`` beside the database), ``record()`` also appends the record to a per-process
+``<db>.journal`` beside the database; for a PostgreSQL store a directory per database under
+``<state dir>/usage-journal``), ``record()`` also appends the record to a per-process
 journal file before returning: one ``os.write`` of a JSON line, no fsync. A process killed at
 any point (SIGKILL, OOM, a crash, SIGTERM without a clean shutdown) therefore keeps every
 record it accepted: the next Meter opened on the same store (any process) replays orphaned
@@ -164,6 +168,7 @@ class Meter:
         self._closed = False
         self._atexit: Any = None
         self.quarantined = 0
+        self._failing = False  # the store failed and has not taken a batch since (log once)
         # The journal: None (no journal) or a directory of per-process JSON-lines files.
         if journal is None or journal is True:
             journal_dir = getattr(self.store, "journal_dir", None)
@@ -263,13 +268,33 @@ class Meter:
                     continue  # a live process owns it
                 records = _read_journal(fd)
                 if records:
-                    self._write(records)
+                    try:
+                        self._write(records)
+                    except _TRANSIENT as exc:
+                        # The store is away (a shared database restarting): do not fail the
+                        # application's start. Queue the records with the file's marker; the
+                        # file stays locked by us and is deleted once the writer stored them.
+                        log.warning(
+                            "usage store unavailable (%s); %d journalled record(s) from %s are "
+                            "queued until it is back",
+                            type(exc).__name__,
+                            len(records),
+                            path.name,
+                        )
+                        self._failing = True
+                        self._queue.extend(records)
+                        self._queue.append(_JournalMarker(fd, path))  # type: ignore[arg-type]
+                        fd = -1
+                        continue
                 path.unlink(missing_ok=True)
                 replayed += len(records)
             finally:
-                os.close(fd)
+                if fd >= 0:
+                    os.close(fd)
         if replayed:
             log.info("recovered %d usage record(s) from %s", replayed, directory)
+        if self._queue and self._thread is None:
+            self._start()  # journalled records waiting for the store: the writer retries them
         return replayed
 
     def _quarantine(self, record: UsageRecord, exc: BaseException) -> None:
@@ -366,20 +391,30 @@ class Meter:
                 try:
                     if batch:
                         self._write(batch)
-                except Exception:
+                except Exception as exc:
                     self._requeue(batch, markers)
-                    log.warning(
-                        "could not store %d usage record(s); retrying in %.2f s",
-                        len(batch),
-                        delay,
-                        exc_info=True,
-                    )
+                    # One warning when the store goes away, not one per retried batch: an
+                    # outage of a shared database would otherwise flood the log.
+                    if not self._failing:
+                        self._failing = True
+                        log.warning(
+                            "could not store usage records (%s); they are kept and retried "
+                            "until %r takes them",
+                            type(exc).__name__,
+                            self.store,
+                            exc_info=True,
+                        )
+                    else:
+                        log.debug("usage store still failing; retrying in %.2f s", delay)
                     if self._stopping:
                         return  # close() makes the final attempt and reports the failure
                     time.sleep(delay)
                     delay = min(delay * 2, _RETRY_MAX)
                     break
                 delay = _RETRY_FIRST
+                if self._failing:
+                    self._failing = False
+                    log.info("usage store %r is writable again; queued records stored", self.store)
                 self._complete(markers)
             if self._stopping and not self._queue:
                 return

@@ -17,6 +17,8 @@ out on purpose, their number is unbounded):
 - ``gonka_mux_attempts_total{model,endpoint}``, ``gonka_mux_hedged_requests_total{model,endpoint}``,
   ``gonka_mux_failed_over_requests_total{model,endpoint}``
 - ``gonka_mux_cost_total{model,endpoint}`` (estimated, in the prices' currency)
+- ``gonka_mux_cache_requests_total{model,result}`` with ``result`` = hit | miss (the response
+  cache's lookups), ``gonka_mux_cache_saved_cost_total{model}`` (what the hits did not spend)
 
 prometheus_client is imported here only, so the rest of gonka_mux never needs it.
 """
@@ -76,6 +78,12 @@ class PrometheusExporter:
             "failed_over_requests", "Requests that moved to another endpoint.", _LABELS, **common
         )
         self.cost = Counter("cost", "Estimated cost.", _LABELS, **common)
+        self.cache = Counter(
+            "cache_requests", "Response cache lookups.", ["model", "result"], **common
+        )
+        self.cache_saved_cost = Counter(
+            "cache_saved_cost", "Estimated cost the cache hits saved.", ["model"], **common
+        )
 
     def write(self, records: Sequence[UsageRecord]) -> None:
         """The sink interface: observe a stored batch."""
@@ -103,6 +111,10 @@ class PrometheusExporter:
             self.failed_over.labels(*labels).inc()
         if record.cost:
             self.cost.labels(*labels).inc(record.cost)
+        if record.cache in ("hit", "miss"):
+            self.cache.labels(record.effective_model, record.cache).inc()
+            if record.saved_cost:
+                self.cache_saved_cost.labels(record.effective_model).inc(record.saved_cost)
 
     def exposition(self) -> str:
         """The metrics in Prometheus text format."""

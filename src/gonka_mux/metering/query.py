@@ -78,6 +78,17 @@ class UsageSummary:
     ttft_p50: float | None
     ttft_p95: float | None
     ttft_p99: float | None
+    # the response cache: lookups that hit and missed, and what the hits did not spend
+    cache_hits: int = 0
+    cache_misses: int = 0
+    saved_tokens: int = 0
+    saved_cost: float = 0.0
+
+    @property
+    def cache_hit_rate(self) -> float | None:
+        """Hits over cache lookups (None when the cache was never asked)."""
+        looked = self.cache_hits + self.cache_misses
+        return self.cache_hits / looked if looked else None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -111,6 +122,10 @@ def summarize(group: Any, records: Sequence[UsageRecord]) -> UsageSummary:
         ttft_p50=percentile(ttfts, 50),
         ttft_p95=percentile(ttfts, 95),
         ttft_p99=percentile(ttfts, 99),
+        cache_hits=sum(1 for r in records if r.cache == "hit"),
+        cache_misses=sum(1 for r in records if r.cache == "miss"),
+        saved_tokens=sum(r.saved_tokens for r in records),
+        saved_cost=math.fsum(r.saved_cost for r in records if r.saved_cost is not None),
     )
 
 
@@ -145,11 +160,19 @@ class TieringReport:
     to the strong tier.
 
     How the saving is computed: the *strong* tier is the one named ``strong_tier``, else the tier
-    called ``"strong"``, else the tier with the highest observed cost per token. Its blended
-    price per token is its total cost divided by its total tokens, from the records themselves
-    (or exact prompt/completion prices when ``strong_price`` is given). Each tier's tokens are
-    priced at that rate (``strong_cost``) and compared with what they did cost. Only records with
-    a known cost take part in the costs; ``unpriced_requests`` counts the others.
+    called ``"strong"``, else the tier with the highest observed cost per token. Each tier's
+    requests are priced at the strong model's own prompt and completion prices
+    (``strong_cost``: what they would have cost there) and compared with what they did cost
+    (``saved``). Those prices are ``strong_price`` when given; else they are recovered from the
+    strong tier's own records, which were priced per prompt and per completion token (a least
+    squares fit of ``cost = prompt x p + completion x c``, exact when one price table priced
+    them): ``strong_pricing="fitted"``. Only when those records cannot tell the two prices apart
+    (every one has the same prompt/completion mix, or the fit is not a price) is one blended rate
+    used, the strong tier's cost divided by its tokens (``strong_pricing="blended"``): a cheap
+    tier answering with a different mix is then priced too low or too high, which is why the
+    blended rate is the last resort. ``strong_rate_per_1m`` is the strong cost per 1M of all the
+    priced tokens. Only records with a known cost take part in the costs;
+    ``unpriced_requests`` counts the others.
     """
 
     rows: list[TierRow]
@@ -160,6 +183,8 @@ class TieringReport:
     saved: float | None
     saved_fraction: float | None
     unpriced_requests: int
+    strong_prices: ModelPrice | None = None  # per 1M prompt / completion tokens
+    strong_pricing: str | None = None  # "given", "fitted" or "blended"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -250,11 +275,17 @@ class UsageQuery:
             groups.setdefault(record.tier or "(none)", []).append(record)
         priced = {t: [r for r in rs if r.cost is not None] for t, rs in groups.items()}
         strong = _pick_strong_tier(priced, strong_tier)
+        pricing: str | None = "given" if strong_price is not None else None
         rate: float | None = None
         if strong_price is None and strong is not None and priced.get(strong):
-            tokens = sum(r.total_tokens for r in priced[strong])
-            if tokens:
-                rate = math.fsum(r.cost for r in priced[strong]) / tokens  # type: ignore[misc]
+            strong_price = _fit_prices(priced[strong])
+            if strong_price is not None:
+                pricing = "fitted"
+            else:
+                tokens = sum(r.total_tokens for r in priced[strong])
+                if tokens:
+                    rate = math.fsum(r.cost for r in priced[strong]) / tokens  # type: ignore[misc]
+                    pricing = "blended"
 
         def strong_cost_of(records: list[UsageRecord]) -> float | None:
             if strong_price is not None:
@@ -280,13 +311,13 @@ class UsageQuery:
                     total_tokens=prompt + completion,
                     cost=cost,
                     strong_cost=equivalent,
-                    saved=None if equivalent is None else equivalent - cost,
+                    saved=None if equivalent is None else _difference(equivalent, cost),
                 )
             )
         total_cost = math.fsum(row.cost for row in rows)
         known = [row.strong_cost for row in rows]
         total_strong = None if not rows or None in known else math.fsum(known)  # type: ignore[arg-type]
-        saved = None if total_strong is None else total_strong - total_cost
+        saved = None if total_strong is None else _difference(total_strong, total_cost)
         if strong_price is not None and total_strong is not None:
             priced_tokens = sum(r.total_tokens for rs in priced.values() for r in rs)
             rate = total_strong / priced_tokens if priced_tokens else None
@@ -299,7 +330,43 @@ class UsageQuery:
             saved=saved,
             saved_fraction=saved / total_strong if saved is not None and total_strong else None,
             unpriced_requests=sum(len(groups[t]) - len(priced[t]) for t in groups),
+            strong_prices=strong_price,
+            strong_pricing=pricing,
         )
+
+
+def _difference(a: float, b: float) -> float:
+    """``a - b``, with the float noise of fitted prices (1e-9 relative) rounded to zero: a tier
+    that ran on the strong model itself saved nothing, not -0.000000001."""
+    diff = a - b
+    return 0.0 if abs(diff) <= 1e-9 * max(abs(a), abs(b)) else diff
+
+
+def _fit_prices(records: list[UsageRecord]) -> ModelPrice | None:
+    """The prompt and completion prices (per 1M tokens) that priced ``records``: the least
+    squares solution of ``cost = prompt x p + completion x c``, or ``None`` when the records
+    cannot separate the two (one prompt/completion mix) or the solution is not a price."""
+    # Tokens in millions keep the sums of squares small; fsum keeps them exact enough.
+    xs = [(r.prompt_tokens / 1e6, r.completion_tokens / 1e6, float(r.cost)) for r in records]  # type: ignore[arg-type]
+    spp = math.fsum(p * p for p, _, _ in xs)
+    scc = math.fsum(c * c for _, c, _ in xs)
+    spc = math.fsum(p * c for p, c, _ in xs)
+    spy = math.fsum(p * y for p, _, y in xs)
+    scy = math.fsum(c * y for _, c, y in xs)
+    det = spp * scc - spc * spc
+    if spp <= 0 or scc <= 0 or det <= 1e-9 * spp * scc:  # collinear: only a blend is known
+        return None
+    prompt = (spy * scc - scy * spc) / det
+    completion = (scy * spp - spy * spc) / det
+    scale = max(abs(prompt), abs(completion))
+    # Round off the fit's float noise (prices are short decimals: 0.6, not 0.5999999999997),
+    # then refuse non-prices.
+    prompt, completion = (
+        0.0 if abs(v) <= 1e-9 * scale else float(f"{v:.10g}") for v in (prompt, completion)
+    )
+    if prompt < 0 or completion < 0 or scale == 0:
+        return None
+    return ModelPrice(prompt=prompt, completion=completion)
 
 
 def _pick_strong_tier(priced: dict[str, list[UsageRecord]], requested: str | None) -> str | None:

@@ -28,6 +28,10 @@ class UsageRecord:
     prices when left ``None``. ``status`` is ``"ok"``, ``"error"``, ``"cancelled"`` or
     ``"interrupted"`` (a stream that broke or ended early after output began); ``error``
     holds a short description (an exception class and HTTP status, never a key).
+
+    ``cache`` is ``"hit"`` for a reply served by the response cache (its tokens are 0: nothing
+    went upstream; ``saved_tokens`` and ``saved_cost`` are what the original reply cost),
+    ``"miss"`` for a cacheable request that went upstream, ``""`` when the cache was not asked.
     """
 
     model: str
@@ -51,6 +55,9 @@ class UsageRecord:
     cost: float | None = None
     hedged: bool = False
     failed_over: bool = False
+    cache: str = ""
+    saved_tokens: int = 0
+    saved_cost: float | None = None
 
     @property
     def total_tokens(self) -> int:

@@ -25,13 +25,16 @@ __all__ = [
     "SqliteUsageStore",
     "UsageStore",
     "default_usage_db",
+    "open_usage_store",
     "sanitize_record",
 ]
 
 #: Equality filters every store accepts; ``model`` matches the model that served the request.
 FILTER_FIELDS = ("key", "session_id", "model", "endpoint", "tier", "status")
 
-_SCHEMA_VERSION = 1
+# 2: the response cache's columns (cache, saved_tokens, saved_cost), added to a version-1 file
+# in place by ALTER TABLE; a version-1 file opened read-only is read without them.
+_SCHEMA_VERSION = 2
 _BOOL_FIELDS = ("hedged", "failed_over")
 _COLUMN_TYPES = {
     "time": "REAL NOT NULL",
@@ -45,6 +48,8 @@ _COLUMN_TYPES = {
     "cost": "REAL",
     "hedged": "INTEGER",
     "failed_over": "INTEGER",
+    "saved_tokens": "INTEGER",
+    "saved_cost": "REAL",
 }
 _COLUMNS = ", ".join(RECORD_FIELDS)
 
@@ -157,6 +162,7 @@ class SqliteUsageStore:
         self.readonly = readonly
         self._lock = threading.Lock()
         self._conn: sqlite3.Connection | None = None
+        self._columns: tuple[str, ...] = RECORD_FIELDS  # what the file has (older: fewer)
 
     def __repr__(self) -> str:
         return f"SqliteUsageStore(path={str(self.path)!r}, readonly={self.readonly})"
@@ -200,10 +206,12 @@ class SqliteUsageStore:
             clauses.append(f"{column} = ?")
             params.append(value)
         where = f" WHERE {' AND '.join(clauses)}" if clauses else ""
-        sql = f"SELECT {_COLUMNS} FROM usage{where} ORDER BY time"
         with self._lock:
-            rows = self._connection().execute(sql, params).fetchall()
-        return [_record_from_row(row) for row in rows]
+            conn = self._connection()
+            columns = self._columns
+            sql = f"SELECT {', '.join(columns)} FROM usage{where} ORDER BY time"
+            rows = conn.execute(sql, params).fetchall()
+        return [_record_from_row(row, columns) for row in rows]
 
     def close(self) -> None:
         with self._lock:
@@ -231,6 +239,9 @@ class SqliteUsageStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             self._migrate(conn)
+        if self.readonly:
+            present = {row[1] for row in conn.execute("PRAGMA table_info(usage)")}
+            self._columns = tuple(name for name in RECORD_FIELDS if name in present)
         self._conn = conn
         return conn
 
@@ -245,14 +256,38 @@ class SqliteUsageStore:
         columns = ", ".join(f"{name} {_COLUMN_TYPES.get(name, 'TEXT')}" for name in RECORD_FIELDS)
         with conn:
             conn.execute(f"CREATE TABLE IF NOT EXISTS usage ({columns})")
+            present = {row[1] for row in conn.execute("PRAGMA table_info(usage)")}
+            for name in RECORD_FIELDS:
+                if name not in present:  # a file from an older schema: add what it lacks
+                    kind = _COLUMN_TYPES.get(name, "TEXT")
+                    conn.execute(f"ALTER TABLE usage ADD COLUMN {name} {kind}")
             conn.execute("CREATE INDEX IF NOT EXISTS usage_time ON usage (time)")
             conn.execute("CREATE INDEX IF NOT EXISTS usage_session ON usage (session_id, time)")
             conn.execute("CREATE INDEX IF NOT EXISTS usage_key ON usage (key, time)")
             conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
 
 
-def _record_from_row(row: Sequence[Any]) -> UsageRecord:
-    data = dict(zip(RECORD_FIELDS, row, strict=True))
+def open_usage_store(
+    path_or_url: str | os.PathLike[str] | None = None, *, readonly: bool = False
+) -> UsageStore:
+    """The usage store a user-supplied location names: a ``postgresql://`` URL opens a
+    :class:`~gonka_mux.metering.postgres.PostgresUsageStore` (shared by many hosts), anything
+    else a :class:`SqliteUsageStore` file (None: :func:`default_usage_db`)."""
+    from .._postgres import is_postgres_url
+
+    if is_postgres_url(path_or_url):
+        from .postgres import PostgresUsageStore  # psycopg is imported only when asked for
+
+        return PostgresUsageStore(str(path_or_url), readonly=readonly)
+    return SqliteUsageStore(path_or_url, readonly=readonly)
+
+
+def _record_from_row(row: Sequence[Any], columns: Sequence[str] = RECORD_FIELDS) -> UsageRecord:
+    data = dict(zip(columns, row, strict=True))
     for name in _BOOL_FIELDS:
         data[name] = bool(data[name])
+    # rows written before the cache columns existed hold NULL there: the fields' defaults
+    for name in ("cache", "saved_tokens"):
+        if data.get(name) is None:
+            data.pop(name, None)
     return UsageRecord(**data)

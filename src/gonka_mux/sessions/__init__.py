@@ -1,5 +1,6 @@
 """Chat sessions: stored history for ``create(..., session_id=...)``, trimmed to the model's
-context window, expired after inactivity, on an in-memory, on-disk (default) or Redis store.
+context window, expired after inactivity, on an in-memory, on-disk (default), Redis or
+PostgreSQL store.
 
 The store (:class:`SessionStore`) is also an ordered key-value space per session, which the
 LangGraph checkpointer builds on.
@@ -22,12 +23,14 @@ from gonka_mux.sessions.manager import (
     session_ttl_from_env,
 )
 from gonka_mux.sessions.memory import MemorySessionStore
+from gonka_mux.sessions.postgres import PostgresSessionStore  # imports psycopg only when used
 from gonka_mux.sessions.redis import RedisSessionStore  # imports redis only when first used
 
 __all__ = [
     "DiskSessionStore",
     "InvalidSessionData",
     "MemorySessionStore",
+    "PostgresSessionStore",
     "PreparedTurn",
     "RedisSessionStore",
     "SessionError",

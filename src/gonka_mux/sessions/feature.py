@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from .._exceptions import ConfigError
+from .._postgres import is_postgres_url, redact_url
 from ..features import ORDER_SESSIONS, Feature, Slot, register_feature, reject_leftover, section_of
 from .base import SessionStore
 from .disk import DiskSessionStore
@@ -29,16 +30,21 @@ SESSION_TURN: Slot[PreparedTurn] = Slot("sessions.turn")
 
 def session_store(store: Any) -> SessionStore:
     """A session store from ``None``/``"disk"`` (the default), ``"memory"``, a ``redis://``
-    URL, or a store object (returned as is)."""
+    or ``postgresql://`` URL, or a store object (returned as is)."""
     if store is None or store == "disk":
         return DiskSessionStore()
     if store == "memory":
         return MemorySessionStore()
     if isinstance(store, str) and store.startswith(("redis://", "rediss://", "unix://")):
         return RedisSessionStore(store)
+    if is_postgres_url(store):
+        from .postgres import PostgresSessionStore  # psycopg is imported only when used
+
+        return PostgresSessionStore(store)
     if isinstance(store, str):
         raise ValueError(
-            f"unknown session store {store!r}: use 'memory', 'disk', a redis:// URL or a store"
+            f"unknown session store {redact_url(store)!r}: use 'memory', 'disk', a redis:// "
+            "or postgresql:// URL, or a store"
         )
     return store  # type: ignore[no-any-return]
 
@@ -72,14 +78,16 @@ class SessionsFeature(Feature):
         store = section.pop("store", "disk")
         path = section.pop("path", None)
         if path is not None and store == "disk":
-            store = DiskSessionStore(path)
+            # path may also be a postgresql:// URL, as everywhere a file path is accepted
+            store = path if is_postgres_url(path) else DiskSessionStore(path)
         ttl = section.pop("ttl", None)
         windows = section.pop("context_windows", None)
         reject_leftover(
             section,
             source,
             "sessions",
-            "store ('memory', 'disk' or a redis:// URL), path, ttl, context_windows",
+            "store ('memory', 'disk', a redis:// or postgresql:// URL), path (a file or a "
+            "postgresql:// URL), ttl, context_windows",
         )
         try:
             return cls(store, ttl=ttl, context_windows=windows)

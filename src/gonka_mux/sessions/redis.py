@@ -16,9 +16,13 @@ prologue and the client handling are shared with the Redis rate-limit backend
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+import functools
+import logging
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any, TypeVar, cast
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
+from gonka_mux._exceptions import StoreUnavailableError
 from gonka_mux._redis import LUA_NOW, LoopClients, now_arg
 from gonka_mux.sessions.base import (
     Message,
@@ -29,6 +33,52 @@ from gonka_mux.sessions.base import (
 )
 
 __all__ = ["RedisSessionStore"]
+
+log = logging.getLogger("gonka_mux.sessions")
+
+F = TypeVar("F", bound=Callable[..., Coroutine[Any, Any, Any]])
+
+# Without socket timeouts a hung server (or a dropped network) blocks a call forever.
+_SOCKET_TIMEOUT = 5.0
+_CONNECT_TIMEOUT = 2.0
+
+
+def _with_timeouts(url: str) -> str:
+    """``url`` with socket timeouts (kept where the URL sets its own) and no retries: a stopped
+    server is reported at once, typed, and the caller decides when to retry."""
+    parts = urlsplit(url)
+    query = dict(parse_qsl(parts.query))
+    query.setdefault("socket_timeout", repr(_SOCKET_TIMEOUT))
+    query.setdefault("socket_connect_timeout", repr(_CONNECT_TIMEOUT))
+    return urlunsplit(parts._replace(query=urlencode(query)))
+
+
+def _typed(method: F) -> F:
+    """Report a Redis that cannot be reached as StoreUnavailableError(backend="redis")."""
+
+    @functools.wraps(method)
+    async def wrapper(self: RedisSessionStore, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await method(self, *args, **kwargs)
+        except Exception as exc:
+            if not _is_outage(exc):
+                raise
+            log.warning("session store on Redis unavailable: %s", type(exc).__name__)
+            raise StoreUnavailableError(
+                f"Redis session store unavailable ({type(exc).__name__}); retry later.",
+                backend="redis",
+            ) from None
+
+    return cast(F, wrapper)
+
+
+def _is_outage(exc: BaseException) -> bool:
+    try:
+        from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
+    except ImportError:  # pragma: no cover - the store cannot have run without redis
+        return False
+    return isinstance(exc, (ConnectionError, TimeoutError, BusyLoadingError, OSError))
+
 
 # Every write script starts with LUA_NOW: ARGV[1] is the time to record ("" = the server's TIME).
 # KEYS: index, log. ARGV: now, session id, message...
@@ -122,6 +172,8 @@ class RedisSessionStore:
     ) -> None:
         if url is None and client is None:
             raise ValueError("RedisSessionStore needs url='redis://host:port/db' or client=")
+        if url is not None:
+            url = _with_timeouts(url)
         self._clients = LoopClients("RedisSessionStore", _SCRIPTS, url=url, client=client)
         self._prefix = prefix
         self._index = prefix + "index"
@@ -152,6 +204,7 @@ class RedisSessionStore:
     async def put(self, session_id: str, key: str, value: bytes) -> None:
         await self.put_many(session_id, [(key, value)])
 
+    @_typed
     async def put_many(self, session_id: str, items: Sequence[tuple[str, bytes]]) -> None:
         check_session_id(session_id)
         flat: list[Any] = []
@@ -162,11 +215,13 @@ class RedisSessionStore:
         _, kv, keys = self._keys(session_id)
         await self._script("put", [self._index, kv, keys], [self._now(), session_id, *flat])
 
+    @_typed
     async def get(self, session_id: str, key: str) -> bytes | None:
         client, _ = self._connection()
         value = await client.hget(self._keys(session_id)[1], key)
         return bytes(value) if value is not None else None
 
+    @_typed
     async def scan(self, session_id: str, prefix: str = "") -> list[tuple[str, bytes]]:
         _, kv, keys = self._keys(session_id)
         if prefix:
@@ -177,6 +232,7 @@ class RedisSessionStore:
         flat = await self._script("scan", [kv, keys], [low, high])
         return [(flat[i].decode(), bytes(flat[i + 1])) for i in range(0, len(flat), 2)]
 
+    @_typed
     async def delete(self, session_id: str, key: str) -> bool:
         _, kv, keys = self._keys(session_id)
         args = [self._now(), session_id, key]
@@ -184,6 +240,7 @@ class RedisSessionStore:
 
     # -- message log
 
+    @_typed
     async def append_messages(self, session_id: str, messages: Sequence[Mapping[str, Any]]) -> int:
         check_session_id(session_id)
         encoded = [encode_message(m).encode() for m in messages]
@@ -192,24 +249,29 @@ class RedisSessionStore:
             await self._script("append", [self._index, log], [self._now(), session_id, *encoded])
         )
 
+    @_typed
     async def load_messages(self, session_id: str) -> list[Message]:
         client, _ = self._connection()
         return [decode_message(m) for m in await client.lrange(self._keys(session_id)[0], 0, -1)]
 
     # -- activity and lifetime
 
+    @_typed
     async def touch(self, session_id: str) -> None:
         await self._script("touch", [self._index], [self._now(), session_id])
 
+    @_typed
     async def last_active(self, session_id: str) -> float | None:
         client, _ = self._connection()
         score = await client.zscore(self._index, session_id)
         return float(score) if score is not None else None
 
+    @_typed
     async def sessions(self) -> list[str]:
         client, _ = self._connection()
         return sorted(m.decode() for m in await client.zrange(self._index, 0, -1))
 
+    @_typed
     async def delete_session(self, session_id: str) -> bool:
         client, _ = self._connection()
         async with client.pipeline(transaction=True) as pipe:
@@ -218,6 +280,7 @@ class RedisSessionStore:
             deleted, removed = await pipe.execute()
         return bool(deleted or removed)
 
+    @_typed
     async def expire(self, ttl: float) -> list[str]:
         client, _ = self._connection()
         if self._clock is None:

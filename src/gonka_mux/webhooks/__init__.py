@@ -44,6 +44,7 @@ from gonka_mux.webhooks.store import (
     Delivery,
     DeliveryStatus,
     Job,
+    JobAlreadyFinishedError,
     JobNotFoundError,
     JobStatus,
     JobStore,
@@ -52,6 +53,7 @@ from gonka_mux.webhooks.store import (
     SQLiteJobStore,
     default_jobs_path,
     default_state_dir,
+    open_job_store,
 )
 
 if TYPE_CHECKING:
@@ -61,6 +63,7 @@ if TYPE_CHECKING:
         DeliveryPolicy,
     )
     from gonka_mux.webhooks.jobs import JobRunner, JobRunnerClosedError
+    from gonka_mux.webhooks.postgres import PostgresJobStore
 
 _LAZY = {
     "DeliveryPolicy": ".delivery",
@@ -68,6 +71,7 @@ _LAZY = {
     "EVENT_JOB_FAILED": ".delivery",
     "JobRunner": ".jobs",
     "JobRunnerClosedError": ".jobs",
+    "PostgresJobStore": ".postgres",
 }
 
 __all__ = [
@@ -81,6 +85,7 @@ __all__ = [
     "DeliveryPolicy",
     "DeliveryStatus",
     "Job",
+    "JobAlreadyFinishedError",
     "JobNotFoundError",
     "JobRunner",
     "JobRunnerClosedError",
@@ -88,12 +93,14 @@ __all__ = [
     "JobStore",
     "JobStoreError",
     "MemoryJobStore",
+    "PostgresJobStore",
     "SQLiteJobStore",
     "Secret",
     "SignatureVerificationError",
     "default_jobs_path",
     "default_state_dir",
     "generate_secret",
+    "open_job_store",
     "sign_payload",
     "signature_header",
     "verify_signature",

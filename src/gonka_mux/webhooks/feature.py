@@ -16,13 +16,15 @@ from .._exceptions import ConfigError
 from ..features import Feature, register_feature, section_of
 from .delivery import DeliveryPolicy
 from .jobs import JobRunner
-from .store import JobStore, SQLiteJobStore
+from .store import JobStore, open_job_store
 
 __all__ = ["JobsFeature"]
 
 Execute = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
-_KEYS = "path, max_concurrency, max_attempts, initial, max_delay, jitter, timeout"
+_KEYS = (
+    "path, max_concurrency, lease, poll_interval, max_attempts, initial, max_delay, jitter, timeout"
+)
 
 
 @register_feature
@@ -38,6 +40,8 @@ class JobsFeature(Feature):
         path: str | os.PathLike[str] | None = None,
         **runner_options: Any,
     ) -> None:
+        if isinstance(store, (str, os.PathLike)):  # a path or postgresql:// URL given as the store
+            store, path = None, store
         self._store = store
         self._path = path
         self.runner_options = runner_options  # JobRunner keyword arguments (settable before start)
@@ -52,11 +56,22 @@ class JobsFeature(Feature):
             return None
         path = section.pop("path", None)
         concurrency = section.pop("max_concurrency", None)
+        # Shared (postgresql://) stores only: claim lease and poll period, in seconds.
+        timing = {name: section.pop(name) for name in ("lease", "poll_interval") if name in section}
         try:
             policy = DeliveryPolicy(**section)
         except (TypeError, ValueError) as exc:
             raise ConfigError(str(exc), source=source, key="webhooks", expected=_KEYS) from None
         options: dict[str, Any] = {"delivery_policy": policy}
+        for name, value in timing.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+                raise ConfigError(
+                    f"got {value!r}",
+                    source=source,
+                    key=f"webhooks.{name}",
+                    expected="a number of seconds > 0",
+                )
+            options[name] = value
         if concurrency is not None:
             if isinstance(concurrency, bool) or not isinstance(concurrency, int):
                 raise ConfigError(
@@ -84,7 +99,8 @@ class JobsFeature(Feature):
                 raise RuntimeError("the jobs feature is not installed on a Multiplexer")
             store = self._store
             if store is None:
-                store = self._opened = SQLiteJobStore(self._path)
+                # ``path`` may be a postgresql:// URL: runners on many hosts share the jobs.
+                store = self._opened = open_job_store(self._path)
             runner = JobRunner(store, self._execute, **self.runner_options)
             await runner.start()
             self.runner = runner

@@ -13,6 +13,12 @@ Delivery is at least once: a receiver may see the same ``X-Gonka-Mux-Delivery`` 
 
 ``on_complete`` callbacks run in this process only; the one given to ``submit()`` is not
 persisted, so after a restart only the runner-wide ``on_complete`` and webhooks fire.
+
+A ``shared`` store (PostgreSQL) is used by runners in many processes and hosts at once: each
+runner claims a job before running it (a lease of ``lease`` seconds, renewed while it runs) and a
+delivery before each POST, and polls the store every ``poll_interval`` seconds for work nobody
+holds: jobs submitted elsewhere, and jobs and deliveries whose runner died (its lease expired).
+A job is recorded, and announced, once; ``wait()`` also sees jobs another runner finished.
 """
 
 from __future__ import annotations
@@ -21,12 +27,14 @@ import asyncio
 import inspect
 import json
 import logging
+import os
+import socket
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from gonka_mux._exceptions import GonkaMuxError
+from gonka_mux._exceptions import GonkaMuxError, StoreUnavailableError
 from gonka_mux.webhooks.delivery import (
     EVENT_JOB_COMPLETED,
     EVENT_JOB_FAILED,
@@ -41,6 +49,7 @@ from gonka_mux.webhooks.store import (
     Delivery,
     DeliveryStatus,
     Job,
+    JobAlreadyFinishedError,
     JobNotFoundError,
     JobStatus,
     JobStore,
@@ -85,6 +94,9 @@ class JobRunner:
     callers (the gateway does). The default (True) suits an application posting to its own
     receivers.
     ``store=None`` opens the default SQLite store (see :mod:`gonka_mux.webhooks.store`).
+    On a ``shared`` store (PostgreSQL), ``lease`` is how long a claim on a job or delivery lasts
+    without renewal (a runner that dies releases its work after this long) and
+    ``poll_interval`` how often the store is asked for work nobody holds.
 
     Use as ``async with JobRunner(store, execute) as runner:`` or call :meth:`start` and
     :meth:`aclose`.
@@ -102,6 +114,8 @@ class JobRunner:
         max_deliveries: int = 16,
         max_job_attempts: int = 3,
         allow_private_webhooks: bool = True,
+        lease: float = 30.0,
+        poll_interval: float = 1.0,
     ) -> None:
         if not callable(execute):
             raise TypeError("execute must be an async callable: execute(params) -> dict")
@@ -116,6 +130,9 @@ class JobRunner:
             raise TypeError(
                 f"allow_private_webhooks must be True or False, got {allow_private_webhooks!r}"
             )
+        for name, number in (("lease", lease), ("poll_interval", poll_interval)):
+            if isinstance(number, bool) or not isinstance(number, (int, float)) or number <= 0:
+                raise ValueError(f"{name} must be a number of seconds > 0, got {number!r}")
         self._allow_private = allow_private_webhooks
         self._owns_store = store is None
         self.store: JobStore = SQLiteJobStore() if store is None else store
@@ -137,6 +154,13 @@ class JobRunner:
         self._callbacks: dict[str, OnComplete] = {}
         self._started = False
         self._closed = False
+        # Shared stores: which runner holds a claim (host, process, instance), and the poller.
+        self._shared = bool(getattr(self.store, "shared", False))
+        self._lease = float(lease)
+        self._poll_interval = float(poll_interval)
+        self.runner_id = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._poll_task: asyncio.Task[None] | None = None
+        self._store_down = False
 
     @property
     def allow_private_webhooks(self) -> bool:
@@ -183,6 +207,12 @@ class JobRunner:
 
             self._client = httpx.AsyncClient(follow_redirects=False)
         self._sender = WebhookSender(self._client, self._policy, allow_private=self._allow_private)
+        if self._shared:
+            # Other runners may hold some of the unfinished work: the poller claims what is free.
+            self._poll_task = asyncio.get_running_loop().create_task(
+                self._poll(), name="gonka_mux.jobs.poll"
+            )
+            return
         jobs = self.store.unfinished_jobs()
         deliveries = self.store.pending_deliveries()
         for job in jobs:
@@ -202,6 +232,9 @@ class JobRunner:
         if self._closed:
             return
         self._closed = True
+        if self._poll_task is not None:
+            self._poll_task.cancel()
+            await asyncio.gather(self._poll_task, return_exceptions=True)
         tasks = [*self._job_tasks.values(), *self._delivery_tasks.values()]
         for task in tasks:
             task.cancel()
@@ -209,6 +242,11 @@ class JobRunner:
             await asyncio.gather(*tasks, return_exceptions=True)
         self._job_tasks.clear()
         self._delivery_tasks.clear()
+        if self._shared:
+            try:  # hand our unfinished work to the other runners now, not when leases expire
+                await asyncio.to_thread(self.store.release_claims, self.runner_id)
+            except StoreUnavailableError:
+                logger.info("could not release job claims (store unavailable); leases expire")
         if self._client is not None and self._owns_client:
             await self._client.aclose()
         if self._owns_store:
@@ -283,10 +321,29 @@ class JobRunner:
             return job
         event = self._job_done.setdefault(job_id, asyncio.Event())
         try:
-            await asyncio.wait_for(event.wait(), timeout)
+            await self._wait_for(event, lambda: self.get(job_id).done, timeout)
         except asyncio.TimeoutError:
             raise TimeoutError(f"job {job_id} not finished after {timeout:g}s") from None
         return self.get(job_id)
+
+    async def _wait_for(self, event: asyncio.Event, done: Callable[[], bool], timeout: Any) -> None:
+        """Wait for ``event``; on a shared store also re-check ``done()`` every poll interval
+        (another runner may finish the work, and no event of ours fires then)."""
+        if not self._shared:
+            await asyncio.wait_for(event.wait(), timeout)
+            return
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise asyncio.TimeoutError
+            step = self._poll_interval if left is None else min(self._poll_interval, left)
+            try:
+                await asyncio.wait_for(event.wait(), step)
+                return
+            except asyncio.TimeoutError:
+                if await asyncio.to_thread(done):
+                    return
 
     async def wait_deliveries(self, job_id: str, timeout: float | None = None) -> list[Delivery]:
         """Wait until the job finished and its webhook delivery is settled (delivered or failed)."""
@@ -297,8 +354,13 @@ class JobRunner:
                 continue
             event = self._delivery_done.setdefault(delivery.id, asyncio.Event())
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
+
+            def settled(delivery_id: str = delivery.id) -> bool:
+                found = self.store.get_delivery(delivery_id)
+                return found is None or found.status != DeliveryStatus.PENDING
+
             try:
-                await asyncio.wait_for(event.wait(), left)
+                await self._wait_for(event, settled, left)
             except asyncio.TimeoutError:
                 raise TimeoutError(
                     f"webhook delivery {delivery.id} of job {job_id} still pending after "
@@ -335,7 +397,12 @@ class JobRunner:
     async def _run_job(self, job_id: str) -> None:
         assert self._run_slots is not None
         async with self._run_slots:
-            job = self.store.get_job(job_id)
+            if self._shared:
+                # Claimed only once a slot is free, so work this runner cannot start yet stays
+                # free for the others.
+                job = self.store.claim_job(job_id, self.runner_id, time.time(), self._lease)
+            else:
+                job = self.store.get_job(job_id)
             if job is None or job.done:
                 return
             if job.attempts >= self._max_job_attempts:
@@ -346,6 +413,13 @@ class JobRunner:
                 await self._finish(job_id, JobStatus.FAILED, None, error)
                 return
             job = self.store.mark_running(job_id, time.time())
+            renewer = (
+                asyncio.get_running_loop().create_task(
+                    self._renew_lease(job_id), name=f"gonka_mux.job-lease[{job_id}]"
+                )
+                if self._shared
+                else None
+            )
             try:
                 outcome = await self._execute(job.params)
                 result = _as_result(outcome)
@@ -356,7 +430,58 @@ class JobRunner:
                 logger.warning("job %s failed: %s", job_id, type(exc).__name__)
                 await self._finish(job_id, JobStatus.FAILED, None, f"{type(exc).__name__}: {exc}")
                 return
+            finally:
+                if renewer is not None:
+                    renewer.cancel()
         await self._finish(job_id, JobStatus.SUCCEEDED, result, None)
+
+    async def _renew_lease(self, job_id: str) -> None:
+        """Keep this runner's claim on a running job alive (a third of the lease apart)."""
+        while True:
+            await asyncio.sleep(self._lease / 3)
+            try:
+                # In a thread: a database that is away makes the pool wait, not the event loop.
+                held = await asyncio.to_thread(
+                    self.store.renew_job_lease, job_id, self.runner_id, time.time() + self._lease
+                )
+            except StoreUnavailableError:
+                continue  # the lease may lapse; finish_job still records the outcome only once
+            if not held:
+                logger.warning(
+                    "lost the lease on job %s (another runner took it over); the first runner "
+                    "to finish records the outcome",
+                    job_id,
+                )
+                return
+
+    async def _poll(self) -> None:
+        """Shared stores: claim work nobody holds (new jobs from other processes, work whose
+        runner died), until the runner closes. The store being away is logged once."""
+        while True:
+            try:
+                now = time.time()
+                free = self._max_concurrency - len(self._job_tasks)
+                # In a thread: a database that is away makes the pool wait (its timeout), and the
+                # event loop serves requests meanwhile.
+                if free > 0:
+                    jobs = await asyncio.to_thread(self.store.claimable_jobs, now, free)
+                    for job_id in jobs:
+                        self._schedule_job(job_id)
+                free = self._max_deliveries - len(self._delivery_tasks)
+                if free > 0:
+                    due = await asyncio.to_thread(self.store.claimable_deliveries, now, free)
+                    for delivery_id in due:
+                        self._schedule_delivery(delivery_id)
+                if self._store_down:
+                    self._store_down = False
+                    logger.info("the job store is reachable again")
+            except StoreUnavailableError as exc:
+                if not self._store_down:
+                    self._store_down = True
+                    logger.warning("job store unavailable (%s); polling on", exc)
+            except Exception:
+                logger.exception("polling the job store failed; polling on")
+            await asyncio.sleep(self._poll_interval)
 
     async def _finish(
         self, job_id: str, status: JobStatus, result: dict[str, Any] | None, error: str | None
@@ -378,9 +503,17 @@ class JobRunner:
                 updated_at=now,
             )
         # One transaction: the outcome and the delivery announcing it are stored together.
-        job = self.store.finish_job(
-            job_id, status=status, result=result, error=error, now=now, delivery=delivery
-        )
+        try:
+            job = self.store.finish_job(
+                job_id, status=status, result=result, error=error, now=now, delivery=delivery
+            )
+        except JobAlreadyFinishedError:
+            # A shared store: another runner took the job over and finished it first; its
+            # outcome and webhook stand, ours are dropped.
+            logger.info("job %s was finished by another runner first", job_id)
+            self._callbacks.pop(job_id, None)
+            self._job_done.pop(job_id, asyncio.Event()).set()
+            return
         self._job_done.pop(job_id, asyncio.Event()).set()
         if delivery is not None:
             self._schedule_delivery(delivery.id)
@@ -421,6 +554,13 @@ class JobRunner:
             delay = delivery.next_attempt_at - time.time()
             if delay > 0:
                 await asyncio.sleep(delay)
+            if self._shared:
+                # One runner per attempt, fleet-wide: the lease covers the POST and its record.
+                lease = self._policy.timeout + self._lease
+                claimed = self.store.claim_delivery(delivery_id, self.runner_id, time.time(), lease)
+                if claimed is None:
+                    break  # settled, or another runner holds it
+                delivery = claimed
             job = self.store.get_job(delivery.job_id)
             if job is None or job.webhook_url is None:
                 self._settle(delivery, DeliveryStatus.FAILED, "the job or its webhook_url is gone")

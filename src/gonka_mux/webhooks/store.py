@@ -18,8 +18,10 @@ their owner only (0600, in a 0700 directory when the store creates it). Secrets 
 older version in plain text are still read. The secret is never logged and never shown in a
 ``repr``. Finished jobs can be removed with :meth:`JobStore.purge`.
 
-One process should run jobs from a given store at a time: a second runner on the same file would
-resume the same unfinished jobs.
+One process should run jobs from a given SQLite file at a time: a second runner on the same file
+would resume the same unfinished jobs. For several processes or hosts, use
+:class:`~gonka_mux.webhooks.postgres.PostgresJobStore` (``open_job_store("postgresql://...")``):
+it is ``shared``, runners claim each job and delivery under a lease, so exactly one runs it.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ __all__ = [
     "Delivery",
     "DeliveryStatus",
     "Job",
+    "JobAlreadyFinishedError",
     "JobNotFoundError",
     "JobStatus",
     "JobStore",
@@ -55,6 +58,7 @@ __all__ = [
     "SQLiteJobStore",
     "default_jobs_path",
     "default_state_dir",
+    "open_job_store",
 ]
 
 
@@ -67,6 +71,11 @@ class JobNotFoundError(GonkaMuxError, KeyError):
 
     def __str__(self) -> str:  # KeyError would quote the whole message
         return str(self.args[0]) if self.args else "job not found"
+
+
+class JobAlreadyFinishedError(JobStoreError):
+    """A shared store's job was finished by another runner first (its lease had expired): this
+    runner's outcome is dropped, so the job is announced once."""
 
 
 class JobStatus(str, Enum):
@@ -155,7 +164,15 @@ class Delivery:
 
 
 class JobStore(Protocol):
-    """Persistence for jobs and deliveries. Methods are synchronous and quick."""
+    """Persistence for jobs and deliveries. Methods are synchronous and quick.
+
+    A store whose ``shared`` is True (PostgreSQL) is used by several runners at once: the runner
+    then claims each job and delivery (``claim_job`` / ``claim_delivery``, under a lease it
+    renews) and polls ``claimable_jobs`` / ``claimable_deliveries``. Single-process stores
+    (memory, SQLite) implement the claim methods trivially and are never polled.
+    """
+
+    shared: bool
 
     def add_job(self, job: Job) -> None: ...
 
@@ -200,7 +217,76 @@ class JobStore(Protocol):
         """Delete jobs finished before this time whose deliveries are all settled; return count."""
         ...
 
+    def claim_job(self, job_id: str, owner: str, now: float, lease: float) -> Job | None:
+        """Take the unfinished job for ``owner`` until ``now + lease`` unless another owner's
+        lease is still running; the job, or None when it is finished or held elsewhere."""
+        ...
+
+    def renew_job_lease(self, job_id: str, owner: str, until: float) -> bool:
+        """Extend ``owner``'s lease on a running job; False when ``owner`` no longer holds it."""
+        ...
+
+    def claim_delivery(
+        self, delivery_id: str, owner: str, now: float, lease: float
+    ) -> Delivery | None:
+        """Like :meth:`claim_job` for a pending delivery (one POST at a time, fleet-wide)."""
+        ...
+
+    def claimable_jobs(self, now: float, limit: int) -> list[str]:
+        """Ids of unfinished jobs nobody holds a live lease on, oldest first (a hint: claim)."""
+        ...
+
+    def claimable_deliveries(self, now: float, limit: int) -> list[str]:
+        """Ids of pending deliveries due by ``now`` that nobody holds a live lease on."""
+        ...
+
+    def release_claims(self, owner: str) -> None:
+        """Drop ``owner``'s leases (a runner closing), so another runner resumes at once."""
+        ...
+
     def close(self) -> None: ...
+
+
+class _SingleRunnerClaims:
+    """The claim methods of a store one runner uses at a time: claiming always succeeds."""
+
+    shared = False
+
+    def claim_job(self, job_id: str, owner: str, now: float, lease: float) -> Job | None:
+        job = self.get_job(job_id)  # type: ignore[attr-defined]
+        return None if job is None or job.done else job
+
+    def renew_job_lease(self, job_id: str, owner: str, until: float) -> bool:
+        return True
+
+    def claim_delivery(
+        self, delivery_id: str, owner: str, now: float, lease: float
+    ) -> Delivery | None:
+        delivery = self.get_delivery(delivery_id)  # type: ignore[attr-defined]
+        return delivery if delivery is not None and delivery.status == "pending" else None
+
+    def claimable_jobs(self, now: float, limit: int) -> list[str]:
+        return [job.id for job in self.unfinished_jobs()[:limit]]  # type: ignore[attr-defined]
+
+    def claimable_deliveries(self, now: float, limit: int) -> list[str]:
+        due = [d for d in self.pending_deliveries() if d.next_attempt_at <= now]  # type: ignore[attr-defined]
+        return [d.id for d in due[:limit]]
+
+    def release_claims(self, owner: str) -> None:
+        pass
+
+
+def open_job_store(path_or_url: str | os.PathLike[str] | None = None, **options: Any) -> JobStore:
+    """The job store a user-supplied location names: a ``postgresql://`` URL opens a shared
+    :class:`~gonka_mux.webhooks.postgres.PostgresJobStore` (``options``: ``secret_key``,
+    ``key_path``), anything else a :class:`SQLiteJobStore` file (None: the default path)."""
+    from gonka_mux._postgres import is_postgres_url
+
+    if is_postgres_url(path_or_url):
+        from gonka_mux.webhooks.postgres import PostgresJobStore  # psycopg only when asked for
+
+        return PostgresJobStore(str(path_or_url), **options)
+    return SQLiteJobStore(path_or_url, **options)
 
 
 # --------------------------------------------------------------------------- paths
@@ -234,7 +320,7 @@ def _copy_json(value: Any, what: str) -> Any:
 # --------------------------------------------------------------------------- memory
 
 
-class MemoryJobStore:
+class MemoryJobStore(_SingleRunnerClaims):
     """Jobs and deliveries in a dict. Lost when the process ends: for tests and throwaway work."""
 
     def __init__(self) -> None:
@@ -442,12 +528,16 @@ def _delivery_from_row(row: tuple[Any, ...]) -> Delivery:
 
 
 class _SecretBox:
-    """Encrypts webhook secrets at rest with a key kept in a 0600 file (or in memory)."""
+    """Encrypts webhook secrets at rest with a key kept in a 0600 file (or in memory, or given:
+    ``key``, 32 bytes, e.g. from the environment so every host of a shared store has it)."""
 
     PREFIX = "enc1:"
 
-    def __init__(self, key_path: Path | None) -> None:
-        if key_path is None:
+    def __init__(self, key_path: Path | None, *, key: bytes | None = None) -> None:
+        if key is not None:
+            if len(key) != 32:
+                raise JobStoreError("a webhook secret key must be 32 bytes")
+        elif key_path is None:
             key = secrets.token_bytes(32)
         else:
             try:
@@ -509,7 +599,7 @@ def _create_private_file(path: Path) -> None:
     os.close(fd)
 
 
-class SQLiteJobStore:
+class SQLiteJobStore(_SingleRunnerClaims):
     """Jobs and deliveries in a SQLite file (standard library ``sqlite3``), safe across threads.
 
     ``path=None`` uses :func:`default_jobs_path`; ``":memory:"`` keeps everything in memory.

@@ -38,6 +38,15 @@
     container.appendChild(box);
   }
 
+  // A chart is drawn at its card's inner width (so it fills the card) and redrawn when the
+  // window is resized; below `least` pixels, or when the bars need more room, the card scrolls.
+  function chartWidth(box, least) {
+    var style = window.getComputedStyle(box);
+    var inner = box.clientWidth - parseFloat(style.paddingLeft) - parseFloat(style.paddingRight);
+    return Math.max(least, Math.floor(inner));
+  }
+  function clear(box) { while (box.firstChild) box.removeChild(box.firstChild); }
+
   function cards(totals) {
     var box = document.getElementById("cards");
     [["requests", "Requests", fmtInt], ["errors", "Errors", fmtInt],
@@ -55,9 +64,10 @@
 
   function tokensChart(series) {
     var box = document.getElementById("chart-tokens");
+    clear(box);
     var points = series.points;
     if (!points.length) return empty(box, "No requests in this range.");
-    var W = Math.max(640, points.length * 18 + 80), H = 260, L = 70, B = 40, T = 16;
+    var W = chartWidth(box, Math.max(320, points.length * 6 + 80)), H = 260, L = 70, B = 40, T = 16;
     var plotW = W - L - 10, plotH = H - B - T;
     var max = Math.max.apply(null, points.map(function (p) { return p.prompt + p.completion; })) || 1;
     var svg = svgEl("svg", {width: W, height: H, viewBox: "0 0 " + W + " " + H, "data-chart": "tokens"});
@@ -65,7 +75,7 @@
     svg.appendChild(svgEl("text", {x: L - 6, y: T + 4, "text-anchor": "end", "data-axis": "max"}, fmtInt(max)));
     svg.appendChild(svgEl("text", {x: L - 6, y: T + plotH, "text-anchor": "end"}, "0"));
     var slot = plotW / points.length, barW = Math.max(2, slot * 0.8);
-    var labelEvery = Math.ceil(points.length / 8);
+    var labelEvery = Math.ceil(points.length / Math.max(2, Math.floor(plotW / 90)));
     points.forEach(function (p, i) {
       var x = L + i * slot + (slot - barW) / 2;
       var total = p.prompt + p.completion;
@@ -79,7 +89,8 @@
       rc.appendChild(svgEl("title", {}, p.label + ": " + fmtInt(p.completion) + " completion tokens"));
       g.appendChild(rp); g.appendChild(rc);
       if (i % labelEvery === 0) {
-        var text = series.bucket >= 86400 ? p.label.slice(0, 10) : p.label.slice(11, 16);
+        var text = series.bucket >= 86400 ? p.label.slice(0, 10)
+                 : series.bucket < 60 ? p.label.slice(11, 19) : p.label.slice(11, 16);
         g.appendChild(svgEl("text", {x: x + barW / 2, y: H - B + 16, "text-anchor": "middle"}, text));
       }
       svg.appendChild(g);
@@ -90,16 +101,18 @@
 
   function latencyChart(rows) {
     var box = document.getElementById("chart-latency");
+    clear(box);
     rows = rows.filter(function (r) { return r.latency_p99 !== null; });
     if (!rows.length) return empty(box, "No latencies recorded.");
     var pcts = ["latency_p50", "latency_p95", "latency_p99"];
-    var groupW = 150, W = Math.max(640, rows.length * groupW + 80), H = 280, L = 60, B = 40, T = 24;
+    var W = chartWidth(box, rows.length * 150 + 80), H = 280, L = 60, B = 40, T = 24;
+    var groupW = (W - L - 20) / rows.length;
     var plotH = H - B - T;
     var max = Math.max.apply(null, rows.map(function (r) { return r.latency_p99; })) || 1;
     var svg = svgEl("svg", {width: W, height: H, viewBox: "0 0 " + W + " " + H, "data-chart": "latency"});
     svg.appendChild(svgEl("line", {x1: L, y1: T + plotH, x2: W - 10, y2: T + plotH, stroke: "#888"}));
     rows.forEach(function (r, i) {
-      var x0 = L + i * groupW + 10;
+      var x0 = L + i * groupW + (groupW - 114) / 2;  // three 34 px bars, 40 px apart
       pcts.forEach(function (pct, j) {
         var v = r[pct], h = plotH * v / max, x = x0 + j * 40;
         var rect = svgEl("rect", {x: x, y: T + plotH - h, width: 34, height: h, fill: PALETTE[j],
@@ -117,10 +130,11 @@
 
   function shareChart(share) {
     var box = document.getElementById("chart-share");
+    clear(box);
     if (!share.sessions.length) return empty(box, "No sessions in this range.");
     var color = {};
     share.models.forEach(function (m, i) { color[m] = PALETTE[i % PALETTE.length]; });
-    var rowH = 26, L = 160, W = 760, H = share.sessions.length * rowH + 10, plotW = W - L - 10;
+    var rowH = 26, L = 160, W = chartWidth(box, 480), H = share.sessions.length * rowH + 10, plotW = W - L - 10;
     var svg = svgEl("svg", {width: W, height: H, viewBox: "0 0 " + W + " " + H, "data-chart": "share"});
     share.sessions.forEach(function (session, i) {
       var tokens = share.tokens[session] || {};
@@ -189,7 +203,13 @@
       p.appendChild(el("strong", {"data-metric": "tiering_saved"}, fmtCost(report.saved)));
       p.appendChild(document.createTextNode(" ("));
       p.appendChild(el("span", {"data-metric": "tiering_saved_fraction"}, fmtPct(report.saved_fraction)));
-      p.appendChild(document.createTextNode(" of " + fmtCost(report.strong_cost) + ")."));
+      p.appendChild(document.createTextNode(" of " + fmtCost(report.strong_cost) + ")"));
+      var prices = report.strong_prices;
+      p.appendChild(document.createTextNode(prices
+        ? ", at its own prices of " + fmtCost(prices.prompt) + " per 1M prompt and " +
+          fmtCost(prices.completion) + " per 1M completion tokens" +
+          (report.strong_pricing === "fitted" ? " (recovered from its requests)." : ".")
+        : ", at its blended rate of " + fmtCost(report.strong_rate_per_1m) + " per 1M tokens."));
     }
     table("table-tiering", "Tier", report.rows, [
       ["requests", "Requests", fmtInt], ["prompt_tokens", "Prompt", fmtInt],
@@ -204,9 +224,17 @@
     document.getElementById("range").textContent =
       (r.first ? r.first + " \u2013 " + r.last : "no requests") + " (UTC), generated " + data.generated_at;
     cards(data.totals);
-    tokensChart(data.timeseries);
-    latencyChart(data.by_model);
-    shareChart(data.session_models);
+    var charts = function () {
+      tokensChart(data.timeseries);
+      latencyChart(data.by_model);
+      shareChart(data.session_models);
+    };
+    charts();
+    var pending = null;
+    window.addEventListener("resize", function () {
+      clearTimeout(pending);
+      pending = setTimeout(charts, 150);
+    });
     table("table-model", "Model", data.by_model, COLUMNS);
     table("table-session", "Session", data.by_session, COLUMNS);
     table("table-key", "Key", data.by_key, COLUMNS);
