@@ -578,7 +578,8 @@ class _MuxBase:
         """Record one ``UsageRecord`` per request (tokens, latency, endpoint, attempts, cost).
 
         ``store``: a usage store, ``"memory"``, or None for SQLite at ``path`` (default: the
-        state directory). ``prices``: ``Prices`` or ``{model: {prompt, completion}}`` per 1M
+        state directory), or a ``postgresql://`` URL as ``path`` or ``store`` (one usage table for a
+        fleet). ``prices``: ``Prices`` or ``{model: {prompt, completion}}`` per 1M
         tokens. Writes happen on a background thread; ``aclose()`` flushes them. Returns the
         ``Meter`` (also ``mux.meter``); query it with ``gonka_mux.metering.UsageQuery``.
         """
@@ -596,7 +597,8 @@ class _MuxBase:
         history (trimmed to the model's context window) and stores the new turn and the reply.
 
         ``store``: a session store, or ``"memory"``, ``"disk"`` (the default: diskcache in the
-        state directory, several processes on one host) or a ``redis://`` URL. ``ttl``: idle
+        state directory, several processes on one host), a ``redis://`` or a ``postgresql://``
+        URL (a fleet on many hosts). ``ttl``: idle
         seconds before a session expires (default ``GONKA_SESSION_TTL`` or 3600).
         ``context_windows``: tokens per model (endpoints' ``context_window`` fill it in).
         Returns the ``SessionManager`` (also ``mux.sessions``: get, list, delete, export,
@@ -641,7 +643,8 @@ class _MuxBase:
     ) -> MemoryStore:
         """Long-term memory (``mux.memory``): ``put``/``get``/``delete``/``list``/``search``
         per namespace, BM25-ranked over SQLite FTS5, persistent at ``path`` (default: the state
-        directory). ``embedder``: any callable, or ``"mux"`` to embed through this Multiplexer
+        directory; a ``postgresql://`` URL shares one memory across a fleet, same ranking).
+        ``embedder``: any callable, or ``"mux"`` to embed through this Multiplexer
         with ``embedding_model``, for hybrid ranking."""
         feature = MemoryFeature(
             path, embedder=embedder, embedding_model=embedding_model, **store_options
