@@ -153,6 +153,7 @@ async def main(args: argparse.Namespace) -> int:
         if args.cprofile:  # CPU time per function (py-spy's samples count wall time)
             command[1:1] = ["-m", "cProfile", "-o", args.cprofile]
         command += ["--host", "127.0.0.1", "--port", str(port), "--log-level", "warning"]
+        command += ["--http", args.http, "--loop", args.loop]
         spy: asyncio.subprocess.Process | None = None
         try:
             proc = await asyncio.create_subprocess_exec(*command, env=env)
@@ -180,6 +181,8 @@ async def main(args: argparse.Namespace) -> int:
                     targets.append(("litellm", lurl, {"Authorization": f"Bearer {master}"}))
             gw_pid = proc.pid
             names = [name for name, _, _ in targets]
+            idle_cpu: dict[int, float] = {}  # pid -> CPU seconds while another was measured
+            idle_wall: dict[int, float] = {}
             print(
                 f"fake endpoint pid {fake.pid}, gateway pid {gw_pid}; {args.rounds} rounds of "
                 f"{args.seconds:g} s per target and setting, alternating; medians"
@@ -201,6 +204,16 @@ async def main(args: argparse.Namespace) -> int:
                     split: dict[str, list[tuple[float, float, float]]] = {n: [] for n in names}
                     for _ in range(args.rounds):
                         for name, turl, headers in targets:
+                            # the proxies not measured now: their CPU meanwhile is noted (and
+                            # with --pause they are stopped, so that it costs no one else)
+                            others = [
+                                q for n, q in zip(names[1:], procs, strict=False) if n != name
+                            ]
+                            for q in others:
+                                idle_cpu[q.pid] = idle_cpu.get(q.pid, 0.0) - _cpu_seconds(q.pid)
+                                if args.pause:
+                                    q.send_signal(signal.SIGSTOP)
+                            t_round = time.monotonic()
                             pids = (
                                 fake.pid,
                                 procs[names.index(name) - 1].pid if name != "direct" else 0,
@@ -217,6 +230,13 @@ async def main(args: argparse.Namespace) -> int:
                                 time.process_time(),
                                 *(_cpu_seconds(p) if p else 0.0 for p in pids),
                             )
+                            for q in others:
+                                if args.pause:
+                                    q.send_signal(signal.SIGCONT)
+                                idle_cpu[q.pid] += _cpu_seconds(q.pid)
+                                idle_wall[q.pid] = idle_wall.get(q.pid, 0.0) + (
+                                    time.monotonic() - t_round
+                                )
                             split[name].append(
                                 tuple(
                                     (b - a) / len(lat) * 1000
@@ -241,6 +261,11 @@ async def main(args: argparse.Namespace) -> int:
                         c, f, p = (statistics.median(v[i] for v in split[n]) for i in range(3))
                         proxy = f", {n} {p:.2f}" if n != "direct" else ""
                         print(f"{'':>9}CPU ms/req via {n}: client {c:.2f}, fake {f:.2f}{proxy}")
+            for n, q in zip(names[1:], procs, strict=False):
+                if idle_wall.get(q.pid):
+                    share = idle_cpu[q.pid] / idle_wall[q.pid] * 100
+                    state = "stopped" if args.pause else "running"
+                    print(f"{n} ({state}) while others were measured: {share:.1f}% of a core")
         finally:
             if spy is not None:  # py-spy writes its file on SIGINT
                 spy.send_signal(signal.SIGINT)
@@ -273,7 +298,14 @@ def _args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--no-litellm", dest="litellm", action="store_false", help="skip LiteLLM's proxy"
     )
+    parser.add_argument(
+        "--pause",
+        action="store_true",
+        help="SIGSTOP the proxies not measured in a round (their idle CPU is printed: ~0.2%%)",
+    )
     parser.add_argument("--profile", metavar="DIR", help="sample the gateway with py-spy")
+    parser.add_argument("--http", default="auto", help="the gateway's --http (h11, httptools)")
+    parser.add_argument("--loop", default="auto", help="the gateway's --loop (asyncio, uvloop)")
     parser.add_argument("--cprofile", metavar="FILE", help="run the gateway under cProfile")
     return parser.parse_args(argv)
 

@@ -12,11 +12,15 @@ from a random entry. SQLite: a real file in a temp dir, WAL journal. PostgreSQL:
 the tests do (``tests/_postgres.py``: needs PostgreSQL installed; run from the repository root).
 
     .venv/bin/python bench/memory.py [--entries 100000] [--queries 500]
-        [--backends sqlite,postgresql] [--pg URL] [--fallback] [--baseline]
+        [--backends sqlite,postgresql] [--pg URL] [--fallback] [--baseline] [--rank-bm25 [N]]
 
 ``--fallback`` runs the pure-Python BM25 index instead of FTS5; ``--baseline`` also times FTS5's
-own ``ORDER BY bm25()`` over the same data for comparison. Both stores get the same entries in
-the same order, and the benchmark checks they return the same top 5 for every query.
+own ``ORDER BY bm25()`` over the same data for comparison. ``--rank-bm25`` (default 10k entries)
+compares the store's pure-Python fallback index with the ``rank-bm25`` package (a dev/benchmark
+dependency only; the store does not use it): insert cost, query latency, and how far the scores
+and top 5 agree, both with rank-bm25's defaults and with its idf replaced by ours. Both stores
+get the same entries in the same order, and the benchmark checks they return the same top 5 for
+every query.
 """
 
 from __future__ import annotations
@@ -154,7 +158,18 @@ def main() -> None:
     parser.add_argument("--pg", metavar="URL", help="an empty PostgreSQL database to use")
     parser.add_argument("--fallback", action="store_true", help="pure-Python BM25, no FTS5")
     parser.add_argument("--baseline", action="store_true", help="also time FTS5's bm25()")
+    parser.add_argument(
+        "--rank-bm25",
+        type=int,
+        nargs="?",
+        const=10_000,
+        metavar="N",
+        help="only compare the pure-Python fallback with rank_bm25.BM25Okapi at N entries",
+    )
     args = parser.parse_args()
+    if args.rank_bm25:
+        compare_rank_bm25(args.rank_bm25, min(args.queries, 200))
+        return
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
 
     corpus = make_corpus(args.entries + 2_000)
@@ -205,6 +220,88 @@ def baseline(tmp: Path, corpus: list[str], queries: list[str]) -> None:
         times.append(time.perf_counter() - t0)
     print(f"baseline FTS5 ORDER BY bm25() ({len(queries)} 3-word queries): {percentiles(times)}")
     conn.close()
+
+
+def compare_rank_bm25(entries: int, count: int) -> None:
+    """The fallback index (:mod:`gonka_mux.memory.bm25_fallback`) against rank-bm25's BM25Okapi
+    over the same tokenized texts: the numbers behind keeping our own index (issue 18)."""
+    try:
+        import numpy as np
+        from rank_bm25 import BM25Okapi
+    except ImportError:
+        sys.exit("--rank-bm25 needs rank-bm25 (and numpy): uv pip install rank-bm25")
+    from gonka_mux.memory._bm25 import K1, idf, tokenize
+    from gonka_mux.memory.bm25_fallback import FallbackIndex
+
+    class LuceneIdfOkapi(BM25Okapi):  # type: ignore[misc]
+        """BM25Okapi with our parameters and our (Lucene's) idf: isolates the arithmetic."""
+
+        def __init__(self, corpus: list[list[str]]) -> None:
+            super().__init__(corpus, k1=K1, b=0.75)
+
+        def _calc_idf(self, nd: dict[str, int]) -> None:
+            self.idf = {word: idf(self.corpus_size, df) for word, df in nd.items()}
+
+    corpus = make_corpus(entries + 20)
+    docs = [tokenize(text) for text in corpus[:entries]]
+    extra = [tokenize(text) for text in corpus[entries:]]
+    print(f"\nfallback index vs rank-bm25 BM25Okapi, {entries} entries of 25-35 words")
+
+    ours = FallbackIndex()
+    started = time.perf_counter()
+    for doc, tokens in enumerate(docs):
+        ours.add(1, doc, tokens)
+    build_ours = time.perf_counter() - started
+    started = time.perf_counter()
+    theirs = BM25Okapi(docs)
+    build_theirs = time.perf_counter() - started
+    print(f"build: ours {build_ours * 1000:.1f} ms, rank-bm25 {build_theirs * 1000:.1f} ms")
+
+    # One more entry: ours updates the postings; rank-bm25 has no add, so it is rebuilt.
+    adds = []
+    for i, tokens in enumerate(extra):
+        t0 = time.perf_counter()
+        ours.add(1, entries + i, tokens)
+        adds.append(time.perf_counter() - t0)
+    rebuilds = []
+    for i in range(5):
+        t0 = time.perf_counter()
+        BM25Okapi(docs + extra[: i + 1])
+        rebuilds.append(time.perf_counter() - t0)
+    for i in range(len(extra)):  # back to the same corpus as rank-bm25's index
+        ours.remove(1, entries + i, extra[i])
+    print(
+        f"insert one entry: ours p50 {at(adds, 0.5):.4f} ms; "
+        f"rank-bm25 (rebuild) p50 {at(rebuilds, 0.5):.1f} ms"
+    )
+
+    lucene = LuceneIdfOkapi(docs)
+    for words in WORDS:
+        batch = [tokenize(q) for q in make_queries(corpus[:entries], count, words, seed=words)]
+        ours_times, theirs_times = [], []
+        same_default = same_lucene = 0
+        worst = 0.0
+        for terms in batch:
+            t0 = time.perf_counter()
+            mine = ours.search(1, list(dict.fromkeys(terms)), 5)
+            ours_times.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            scores = theirs.get_scores(terms)
+            top = np.argsort(-scores, kind="stable")[:5]
+            theirs_times.append(time.perf_counter() - t0)
+            same_default += [d for d, _ in mine] == [int(d) for d in top]
+            aligned = lucene.get_scores(terms)
+            same_lucene += [d for d, _ in mine] == [
+                int(d) for d in np.argsort(-aligned, kind="stable")[:5]
+            ]
+            worst = max([worst, *(abs(s - float(aligned[d])) / s for d, s in mine)])
+        print(
+            f"  {words:2d}-word queries ({len(batch)}): ours p50 {at(ours_times, 0.5):.3f} ms, "
+            f"rank-bm25 p50 {at(theirs_times, 0.5):.3f} ms; same top 5: "
+            f"{same_default}/{len(batch)} with rank-bm25's defaults (k1=1.5, idf log((N-df+0.5)/"
+            f"(df+0.5)) floored), {same_lucene}/{len(batch)} with k1=1.2 and our idf "
+            f"(largest relative score difference {worst:.1e})"
+        )
 
 
 if __name__ == "__main__":

@@ -999,8 +999,12 @@ class _OpenAITypes:
         """A stream's usage as openai's ``CompletionUsage`` (as its chunk objects carry it)."""
         from openai._models import construct_type
         from openai.types import CompletionUsage
+        from pydantic import ValidationError
 
-        return construct_type(type_=CompletionUsage, value=value)
+        try:  # pydantic's validation is ~10x faster than openai's lenient construction
+            return CompletionUsage.model_validate(value)
+        except ValidationError:
+            return construct_type(type_=CompletionUsage, value=value)
 
     def stream_cls(self, kind: RequestKind, raw: bool = False) -> Any:
         if raw:  # openai's own client: the SSE is read as bytes (see _raw_stream)

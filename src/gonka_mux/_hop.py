@@ -1,4 +1,4 @@
-"""A lighter send to an endpoint, for the gateway's relay (``execute(raw_sse=True)``).
+"""A lighter send to an endpoint, for the gateway's relay (``execute(relay=True)``).
 
 openai's ``client.post`` rebuilds the same request on every call: it copies the options twice,
 merges and validates headers, re-parses the URL and wraps the send in its retry loop (the
@@ -56,9 +56,12 @@ def _plain(client: Any) -> bool:
 async def direct_hop(client: Any, path: str, make_options: Any) -> DirectHop | None:
     """The hop for ``client`` and ``path`` (made once, then cached on the client), or None when
     the client must go through ``client.post``."""
-    hops = client.__dict__.get(_ATTR)
+    attrs = getattr(client, "__dict__", None)
+    if attrs is None:  # a client without instance attributes is no plain openai client
+        return None
+    hops = attrs.get(_ATTR)
     if hops is None:
-        hops = client.__dict__[_ATTR] = {}
+        hops = attrs[_ATTR] = {}
     try:
         return hops[path]  # type: ignore[no-any-return]
     except KeyError:

@@ -30,10 +30,10 @@ try:  # openai 3.x runs on httpx2 and wraps transport errors itself
     from openai._httpx2 import request_exceptions, timeout_exceptions
 except ImportError:  # pragma: no cover - openai 2.x: httpx's own errors pass through as before
 
-    def timeout_exceptions() -> tuple[type[BaseException], ...]:
+    def timeout_exceptions() -> tuple[type[BaseException], ...]:  # type: ignore[misc]
         return ()
 
-    def request_exceptions() -> tuple[type[BaseException], ...]:
+    def request_exceptions() -> tuple[type[BaseException], ...]:  # type: ignore[misc]
         return ()
 
 
@@ -41,7 +41,7 @@ try:
     from openai._streaming_cleanup import drain_response_async
 except ImportError:  # pragma: no cover - openai 2.x reads the body to its end itself
 
-    async def drain_response_async(response: Any) -> None:
+    async def drain_response_async(response: Any) -> None:  # type: ignore[misc]
         async for _ in response.aiter_bytes():
             pass
 

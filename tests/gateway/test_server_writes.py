@@ -141,3 +141,32 @@ async def test_json_and_sse_through_the_cli_protocol_on_one_connection(fleet, tm
         await asyncio.wait_for(task, 10)
         sock.close()
         await state["mux"].aclose()
+
+
+async def test_added_middleware_still_sees_completion_requests(fleet, tmp_path):
+    """The completion routes skip Starlette's stack only while no middleware was added."""
+    from starlette.middleware.base import BaseHTTPMiddleware
+
+    from ._serve import serve
+
+    app, state = await make_gateway(list(fleet), tmp_path)
+    _, key = state["keys"].create()
+    seen: list[str] = []
+
+    async def note(request: Any, call_next: Any) -> Any:
+        seen.append(request.url.path)
+        response = await call_next(request)
+        response.headers["x-noted"] = "1"
+        return response
+
+    app.add_middleware(BaseHTTPMiddleware, dispatch=note)
+    try:
+        async with serve(app) as url, httpx.AsyncClient(base_url=url, timeout=30) as client:
+            client.headers["Authorization"] = f"Bearer {key}"
+            reply = await client.post("/v1/chat/completions", json={"model": "m", "messages": MSG})
+            wrong = await client.post("/v1/chat/completions", json={"model": "m"})
+    finally:
+        await state["mux"].aclose()
+    assert reply.status_code == 200 and reply.headers["x-noted"] == "1"
+    assert wrong.status_code == 400 and wrong.json()["error"]["param"] == "messages"
+    assert seen == ["/v1/chat/completions"] * 2

@@ -384,3 +384,31 @@ async def test_async_twins(tmp_path: Path) -> None:
     assert [i.key for i in await store.alist("ns")] == [key, keys[0], "t"]
     assert await store.adelete("ns", "t") is True
     await store.aclose()
+
+
+def test_filter_values_compare_as_json_types(store: MemoryStore) -> None:
+    """True is not 1 and "1" is not 1, on every backend (jsonb equality; numbers compare by
+    value: 1 matches 1.0)."""
+    store.put("ns", "flag entry", key="true", metadata={"flag": True})
+    store.put("ns", "flag entry", key="one", metadata={"flag": 1})
+    store.put("ns", "flag entry", key="onepointzero", metadata={"flag": 1.0})
+    store.put("ns", "flag entry", key="false", metadata={"flag": False})
+    store.put("ns", "flag entry", key="zero", metadata={"flag": 0})
+    store.put("ns", "flag entry", key="text", metadata={"flag": "1"})
+    store.put("ns", "flag entry", key="object", metadata={"flag": {"a": 1}})
+    store.put("ns", "flag entry", key="null", metadata={"flag": None})
+
+    def keys(value: object) -> set[str]:
+        hits = {h.key for h in store.search("ns", "flag", k=20, filter={"flag": value})}
+        listed = {i.key for i in store.list("ns", filter={"flag": value})}
+        assert hits == listed
+        return hits
+
+    assert keys(True) == {"true"}
+    assert keys(False) == {"false"}
+    assert keys(1) == {"one", "onepointzero"}
+    assert keys(1.0) == {"one", "onepointzero"}
+    assert keys(0) == {"zero"}
+    assert keys("1") == {"text"}
+    assert keys('{"a":1}') == set()
+    assert keys(None) == {"null"}

@@ -8,8 +8,11 @@ fixture has a ``postgres`` case)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
+import os
 import random
+import signal
 import socket
 import time
 from collections.abc import Iterator
@@ -187,6 +190,58 @@ async def test_outage_is_typed_prompt_and_recovers(
     store.put("ns", "written after the outage", key="after")
     assert store.count("ns") == 2
     store.close()
+
+
+@contextlib.contextmanager
+def frozen(server: PostgresServer) -> Iterator[None]:
+    """SIGSTOP the postmaster and its backends (a hung host: TCP stays up, nothing answers)."""
+    postmaster = int((server.data / "postmaster.pid").read_text().split()[0])
+    pids = [postmaster]
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == postmaster:
+                pids.append(int(stat.parent.name))
+    assert len(pids) > 1  # backends (the store's connection among them) are frozen too
+    stopped = []
+    try:
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGSTOP)
+                stopped.append(pid)
+        yield
+    finally:
+        for pid in stopped:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
+
+
+def test_a_frozen_server_fails_each_operation_promptly_and_recovers(
+    postgres_url: str, postgres_server: PostgresServer
+) -> None:
+    store = PostgresMemoryStore(with_password(postgres_url), operation_timeout=1.0)
+    store.put("ns", "written before the freeze", key="before")
+    calls = {
+        "search": lambda: store.search("ns", "freeze"),  # on the pooled, open connection
+        "put": lambda: store.put("ns", "lost"),  # on a new one: connect_timeout
+        "get": lambda: store.get("ns", "before"),
+        "count": lambda: store.count("ns"),
+    }
+    with frozen(postgres_server):
+        for name, call in calls.items():
+            started = time.monotonic()
+            with pytest.raises(StoreUnavailableError) as caught:
+                call()
+            assert time.monotonic() - started < PROMPT, name
+            assert caught.value.retryable and "s3cret-pw" not in str(caught.value)
+    # Thawed: the same store serves again, and nothing half-written remains.
+    assert [h.key for h in store.search("ns", "freeze")] == ["before"]
+    assert store.count("ns") == 1
+    store.close()
+
+
+def test_operation_timeout_must_be_positive(postgres_url: str) -> None:
+    with pytest.raises(InvalidMemoryInput, match="operation_timeout"):
+        PostgresMemoryStore(postgres_url, operation_timeout=0)
 
 
 async def test_writers_in_threads_keep_statistics_exact(postgres_url: str) -> None:

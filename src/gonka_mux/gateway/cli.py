@@ -144,6 +144,18 @@ def register(subparsers: Any) -> None:
     p.add_argument("--keys-db", help="API key database (default: the state directory)")
     p.add_argument("--log-level", default="info", help="uvicorn log level (default info)")
     p.add_argument(
+        "--http",
+        choices=["auto", "httptools", "h11"],
+        default="auto",
+        help="HTTP parser (default auto: httptools when installed, as the gateway extra does)",
+    )
+    p.add_argument(
+        "--loop",
+        choices=["auto", "uvloop", "asyncio"],
+        default="auto",
+        help="event loop (default auto: uvloop when installed, as the gateway extra does)",
+    )
+    p.add_argument(
         "--new-admin-key",
         action="store_true",
         help="generate a new admin key even if one was generated before (printed once)",
@@ -477,6 +489,8 @@ def _serve(args: argparse.Namespace) -> int:
         host=host,
         port=port,
         log_level=args.log_level,
+        http=getattr(args, "http", "auto"),
+        loop=getattr(args, "loop", "auto"),
         lifespan="on",
         timeout_keep_alive=keep_alive,
         limit_concurrency=max_connections,

@@ -5,6 +5,12 @@ Multiplexer has already received the first chunk before the response starts (so 
 still happen then); a failure after that cannot change the status code any more, so it is sent as
 one ``data: {"error": {...}}`` event before the stream ends, as OpenAI does. The upstream stream is
 closed whatever happens, including when the client disconnects.
+
+The gateway asks for streams as a relay (``execute(relay=True)``): their events arrive as the
+endpoint's own bytes, one or more events per read, and leave unchanged in one write each; chunk
+objects (a locally served stream, or one a per-chunk feature such as the response cache records)
+are serialised as above. A relayed stream sends ``[DONE]`` with its last events, and the end of
+the body goes out with them.
 """
 
 from __future__ import annotations
@@ -36,7 +42,7 @@ def encode_chunk(chunk: Any) -> bytes:
 async def _events(stream: Any, hide_usage: bool) -> AsyncIterator[bytes]:
     try:
         async for chunk in stream:
-            if type(chunk) is bytes:  # SSE events relayed as they came (raw_sse)
+            if type(chunk) is bytes:  # SSE events relayed as they came (a relay)
                 yield chunk
                 continue
             if hide_usage and not chunk.choices and getattr(chunk, "usage", None) is not None:
@@ -67,7 +73,7 @@ class _SSEResponse(StreamingResponse):
         events = self.body_iterator.__aiter__()
         while True:
             try:
-                chunk = await events.__anext__()
+                chunk: Any = await events.__anext__()  # bytes: _events yields only bytes
             except StopAsyncIteration:
                 break
             if chunk.endswith(DONE):
@@ -85,7 +91,7 @@ def sse_response(
     stream: Any, *, hide_usage: bool = False, headers: dict[str, str] | None = None
 ) -> StreamingResponse:
     """A streaming response relaying ``stream`` (an async iterator of openai chunks, or of
-    SSE ``bytes`` already framed, from a stream made with ``raw_sse``)."""
+    SSE ``bytes`` already framed, from a stream asked for with ``execute(relay=True)``)."""
     return _SSEResponse(
         _events(stream, hide_usage),
         media_type="text/event-stream",

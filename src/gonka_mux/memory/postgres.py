@@ -23,6 +23,11 @@ Writes to one namespace are serialized on its ``namespaces`` row (statistics sta
 Connections: a small pool of our own (see :mod:`gonka_mux.sessions.postgres` for why not
 ``psycopg_pool``): a stopped server fails a call at once with
 :class:`~gonka_mux.errors.StoreUnavailableError`, and the next call after it is back reconnects.
+A frozen server (SIGSTOPped, hung host) accepts nothing and answers nothing while its kernel keeps
+the TCP connections open, so neither keepalives nor ``statement_timeout`` end the wait: each
+operation has a deadline (``operation_timeout``), past which a watchdog thread shuts the
+connection's socket down and the call fails with ``StoreUnavailableError``. ``statement_timeout``
+is set to the same bound for a live but slow server.
 """
 
 from __future__ import annotations
@@ -32,7 +37,9 @@ import builtins
 import contextlib
 import json
 import logging
+import os
 import re
+import socket
 import threading
 import time
 from collections import Counter
@@ -131,6 +138,63 @@ _DROP_TERMS = (
 _PROBE_AFTER = 1.0
 _MAX_IDLE = 8
 
+
+class _Watchdog:
+    """One daemon thread that cuts the socket of a connection whose operation outlives its
+    deadline: the psycopg call waiting on it then fails at once (OperationalError)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._deadlines: dict[int, tuple[float, Any]] = {}
+        self._tokens = iter(range(1 << 62))
+        self._thread: threading.Thread | None = None
+
+    @contextlib.contextmanager
+    def watch(self, conn: Any, seconds: float) -> Iterator[None]:
+        with self._cond:
+            token = next(self._tokens)
+            self._deadlines[token] = (time.monotonic() + seconds, conn)
+            if self._thread is None:
+                self._thread = threading.Thread(
+                    target=self._run, name="gonka-mux-memory-pg-watchdog", daemon=True
+                )
+                self._thread.start()
+            elif len(self._deadlines) == 1:
+                self._cond.notify()  # the thread sleeps without a deadline
+        try:
+            yield
+        finally:
+            with self._cond:
+                cut = self._deadlines.pop(token, None) is None
+            if cut:  # too late, the socket is gone: never hand this connection out again
+                _close_quietly(conn)
+
+    def _run(self) -> None:
+        with self._cond:
+            while True:
+                now = time.monotonic()
+                expired = [t for t, (due, _) in self._deadlines.items() if due <= now]
+                for token in expired:
+                    # Under the lock: the operation cannot finish and close (and its file
+                    # descriptor be reused) while its socket is being shut down.
+                    _cut(self._deadlines.pop(token)[1])
+                upcoming = [due for due, _ in self._deadlines.values()]
+                self._cond.wait(min(upcoming) - now if upcoming else None)
+
+
+def _cut(conn: Any) -> None:
+    log.warning("memory store: an operation passed its deadline; dropping its connection")
+    with contextlib.suppress(Exception):
+        # A duplicate of the descriptor: shutdown() acts on the socket both share.
+        sock = socket.socket(fileno=os.dup(conn.pgconn.socket))
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        finally:
+            sock.close()
+
+
+_WATCHDOG = _Watchdog()
+
 # The FTS5 expressions maxscore.top_k builds: phrases, AND, OR, NOT, parentheses.
 _EXPR_TOKEN = re.compile(r'\s*(?:"([^"]*)"|(AND|OR|NOT)\b|(\()|(\)))')
 
@@ -138,9 +202,12 @@ _EXPR_TOKEN = re.compile(r'\s*(?:"([^"]*)"|(AND|OR|NOT)\b|(\()|(\)))')
 class _Pool:
     """Idle connections behind a lock, at most ``max_size`` in use at once (any thread)."""
 
-    def __init__(self, url: str, max_size: int, connect_timeout: float) -> None:
+    def __init__(
+        self, url: str, max_size: int, connect_timeout: float, operation_timeout: float
+    ) -> None:
         self.url = url
         self.connect_timeout = connect_timeout
+        self.operation_timeout = operation_timeout
         self.lock = threading.Lock()
         self.idle: list[tuple[Any, float]] = []
         self.slots = threading.BoundedSemaphore(max_size)
@@ -148,7 +215,7 @@ class _Pool:
 
     def connect(self) -> Any:
         psycopg = require_psycopg()
-        return psycopg.Connection.connect(
+        conn = psycopg.Connection.connect(
             self.url,
             autocommit=True,
             connect_timeout=max(2, int(self.connect_timeout)),
@@ -157,6 +224,18 @@ class _Pool:
             keepalives_interval=5,
             keepalives_count=3,
         )
+        try:
+            with _WATCHDOG.watch(conn, self.operation_timeout):
+                # Set here, not in the URL's options (which stay the user's): a live server
+                # cancels a statement running past the bound itself.
+                conn.execute(
+                    "SELECT set_config('statement_timeout', %s, false)",
+                    (f"{max(1, int(self.operation_timeout * 1000))}ms",),
+                )
+        except BaseException:
+            _close_quietly(conn)
+            raise
+        return conn
 
     @contextlib.contextmanager
     def connection(self, timeout: float) -> Iterator[Any]:
@@ -183,7 +262,8 @@ class _Pool:
                 continue
             if time.monotonic() - since > _PROBE_AFTER:
                 try:  # the server may have restarted since this connection was last used
-                    conn.execute("SELECT 1")
+                    with _WATCHDOG.watch(conn, self.operation_timeout):
+                        conn.execute("SELECT 1")
                 except Exception:
                     _close_quietly(conn)
                     self.drop_idle()
@@ -221,7 +301,9 @@ class PostgresMemoryStore(MemoryStore):
 
     Made by ``MemoryStore(url)`` or directly. ``timeout``: seconds to wait for a free connection
     (``max_connections`` per store); a refused or dropped connection fails at once with
-    :class:`~gonka_mux.errors.StoreUnavailableError`. ``use_fts5`` is accepted and ignored.
+    :class:`~gonka_mux.errors.StoreUnavailableError`, and so does an operation still unanswered
+    after ``operation_timeout`` seconds (a frozen server; also the server-side
+    ``statement_timeout``). ``use_fts5`` is accepted and ignored.
     """
 
     def __new__(cls, *args: Any, **kwargs: Any) -> PostgresMemoryStore:
@@ -238,6 +320,7 @@ class PostgresMemoryStore(MemoryStore):
         vector_scan_limit: int = 1000,
         timeout: float = 10.0,
         connect_timeout: float = 3.0,
+        operation_timeout: float = 10.0,
         max_connections: int = 10,
         clock: Callable[[], float] = time.time,
     ) -> None:
@@ -249,7 +332,17 @@ class PostgresMemoryStore(MemoryStore):
         self._vector_scan_limit = max(0, int(vector_scan_limit))
         self._clock = clock
         self._timeout = float(timeout)
-        self._pool = _Pool(self._url, max(1, int(max_connections)), float(connect_timeout))
+        if not operation_timeout > 0:
+            raise InvalidMemoryInput(
+                "operation_timeout must be a positive number of seconds, "
+                f"not {operation_timeout!r}."
+            )
+        self._pool = _Pool(
+            self._url,
+            max(1, int(max_connections)),
+            float(connect_timeout),
+            float(operation_timeout),
+        )
         self._schema_ready = False
         self._closed = False
 
@@ -266,7 +359,10 @@ class PostgresMemoryStore(MemoryStore):
             raise MemoryStoreError("This MemoryStore is closed; open a new one.")
         psycopg = require_psycopg()
         try:
-            with self._pool.connection(self._timeout) as conn:
+            with (
+                self._pool.connection(self._timeout) as conn,
+                _WATCHDOG.watch(conn, self._pool.operation_timeout),
+            ):
                 if not self._schema_ready:
                     self._create_schema(conn)
                 yield conn
@@ -720,7 +816,7 @@ def _predicate(node: Node, skip: Sequence[str], probes: dict[str, str]) -> str:
 
 
 def _filter_sql(filter: Mapping[str, Any] | None) -> tuple[str, builtins.list[Any]]:
-    """Equality on metadata values (JSON: unlike SQLite's json_extract, true is not 1)."""
+    """Equality on metadata values (jsonb: true is not 1; the SQLite store compares alike)."""
     if not filter:
         return "", []
     if not isinstance(filter, Mapping):

@@ -756,8 +756,22 @@ def _filter_sql(filter: Mapping[str, Any] | None) -> tuple[str, builtins.list[An
                 f"filter value for {key!r} must be a str, int, float, bool or None "
                 f"(equality match), not {type(value).__name__}."
             )
-        clauses.append(" AND json_extract(e.metadata, ?) IS ?")
-        params += [f'$."{key}"', value]
+        path = f'$."{key}"'
+        # JSON types are compared too, as PostgreSQL's jsonb does: json_extract() turns true
+        # into 1, which must not match a filter value of 1 (nor True a stored 1), and a stored
+        # object comes back as its JSON text, which must not match that text as a str.
+        if isinstance(value, bool):
+            clauses.append(" AND json_type(e.metadata, ?) = ?")
+            params += [path, "true" if value else "false"]
+        elif value is None:  # a missing key and a JSON null both match
+            clauses.append(" AND json_extract(e.metadata, ?) IS NULL")
+            params.append(path)
+        else:
+            kinds = "'text'" if isinstance(value, str) else "'integer', 'real'"
+            clauses.append(
+                f" AND json_extract(e.metadata, ?) = ? AND json_type(e.metadata, ?) IN ({kinds})"
+            )
+            params += [path, value, path]
     return "".join(clauses), params
 
 
