@@ -42,16 +42,17 @@ async def test_equal_endpoints_each_get_a_fair_share_after_a_cold_start():
 async def test_shares_follow_weights_at_light_load():
     """Equal latencies, weights 1:3 (Gonka weights are the participants' compute)."""
     specs = [
-        # 20 ms: a millisecond of scheduling noise is not a latency difference
-        FakeBackendSpec(name="light", faults=Faults(latency=0.02)),
-        FakeBackendSpec(name="heavy", faults=Faults(latency=0.02)),
+        # 50 ms: the scheduling noise of a busy 2-core machine (the fakes share the test's
+        # process) is well inside the routing's latency band, so it is no latency difference
+        FakeBackendSpec(name="light", faults=Faults(latency=0.05)),
+        FakeBackendSpec(name="heavy", faults=Faults(latency=0.05)),
     ]
     with FakeFleet(specs) as fleet:
         mux = AsyncMultiplexer(seed=3)
         mux.add_endpoint(fleet["light"].url, models=["m"], name="light", weight=1)
         mux.add_endpoint(fleet["heavy"].url, models=["m"], name="heavy", weight=3)
-        served = await sequential(mux, 200)
-        share = served["heavy"] / 200
+        served = await sequential(mux, 160)
+        share = served["heavy"] / 160
         assert 0.62 <= share <= 0.88, served  # 0.75 expected; latency noise moves it a little
         await mux.aclose()
 
