@@ -7,6 +7,8 @@ from __future__ import annotations
 import time
 from collections import Counter
 
+import pytest
+
 from gonka_mux import AsyncMultiplexer
 from gonka_mux.testing import FakeBackendSpec, FakeFleet, Faults
 
@@ -21,6 +23,7 @@ async def sequential(mux: AsyncMultiplexer, n: int) -> Counter[str]:
     return served
 
 
+@pytest.mark.slow
 async def test_equal_endpoints_each_get_a_fair_share_after_a_cold_start():
     """Three equal endpoints at c=1; one answered its first request slowly (a cold
     connection). It used to be starved for good (1 of 300); now each gets >= 20%."""
@@ -39,6 +42,7 @@ async def test_equal_endpoints_each_get_a_fair_share_after_a_cold_start():
         await mux.aclose()
 
 
+@pytest.mark.slow
 async def test_shares_follow_weights_at_light_load():
     """Equal latencies, weights 1:3 (Gonka weights are the participants' compute)."""
     specs = [
