@@ -186,3 +186,30 @@ async def test_sidecar_survives_a_broken_report(path: str) -> None:
             assert (await client.get(server.url.replace("/health", path))).status_code == 500
     finally:
         await server.aclose()
+
+
+def test_stopping_with_a_health_request_in_flight_logs_no_traceback():
+    """The vLLM leg's clean stop printed asyncio's "Exception in callback ... CancelledError"
+    when a health request was in flight as the sidecar's loop ended (Python 3.11)."""
+
+    class Stuck:
+        async def report(self) -> dict:
+            await asyncio.Event().wait()  # a report that never finishes
+            return {}
+
+    errors: list[tuple[str, object]] = []
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, context: errors.append(("loop", context)))
+        server = HealthServer(Stuck(), host="127.0.0.1", port=0)  # type: ignore[arg-type]
+        await server.start()
+        _reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
+        writer.write(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        await writer.drain()
+        await asyncio.sleep(0.2)  # the handler is now waiting for the report
+        writer.close()
+        # asyncio.run() cancels the handler task on the way out, with the server still open
+
+    asyncio.run(main())
+    assert errors == []

@@ -313,6 +313,12 @@ class HealthServer:
             pass
         except ConnectionError:
             pass
+        except asyncio.CancelledError:
+            # The sidecar is stopping with this request in flight. This task is the top of its
+            # connection (asyncio's stream protocol owns it), so ending it normally is the whole
+            # cleanup; on Python 3.11 a cancelled handler makes asyncio's done-callback log a
+            # CancelledError traceback at every clean stop.
+            pass
         except Exception:  # a broken report must not kill the sidecar
             logger.exception("health request failed")
             with contextlib.suppress(Exception):
