@@ -165,10 +165,12 @@ def test_records_survive_sigkill_and_are_replayed_once(postgres_url: str) -> Non
         child.send_signal(signal.SIGKILL)
         child.wait()
     store = PostgresUsageStore(postgres_url)
-    assert len(store.select()) == 50  # the flushed half only
+    # the flushed half, and whatever of the rest the writer thread had sent before the kill
+    assert 50 <= len(store.select()) <= 100
     with Meter(store) as meter:  # opening a meter on the store replays the dead one's journal
         assert meter.journal_dir is not None
     stored = store.select()
+    # every record once: none lost, none counted twice by the replay
     assert sorted(r.request_id for r in stored) == sorted(f"k{i}" for i in range(100))
     assert not list(meter.journal_dir.glob("*.jsonl"))
 
