@@ -2,7 +2,7 @@
 
 A store is put on PostgreSQL by giving a ``postgresql://`` URL where a file path is accepted
 (``[metering] path``, ``[jobs] path``, ``[sessions] path``, ``[memory] path``,
-``[gateway] database_url``). One pool per URL and face (sync or async) per process: every
+``[gateway] database_url``). One pool per URL per process: every
 store on the same database shares it.
 """
 
@@ -14,7 +14,6 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 __all__ = [
-    "async_pool",
     "close_pools",
     "is_postgres_url",
     "redact_url",
@@ -59,7 +58,6 @@ def require_psycopg() -> Any:
 
 _lock = threading.Lock()
 _sync_pools: dict[str, Any] = {}
-_async_pools: dict[tuple[str, int], Any] = {}
 
 
 def sync_pool(url: str, *, max_size: int = 10, timeout: float = 10.0) -> Any:
@@ -84,30 +82,6 @@ def sync_pool(url: str, *, max_size: int = 10, timeout: float = 10.0) -> Any:
             pool.open(wait=False)
             _sync_pools[url] = pool
         return pool
-
-
-async def async_pool(url: str, *, max_size: int = 10, timeout: float = 10.0) -> Any:
-    """The running loop's shared ``AsyncConnectionPool`` for ``url`` (opened on first use)."""
-    import asyncio
-
-    require_psycopg()
-    from psycopg_pool import AsyncConnectionPool
-
-    key = (url, id(asyncio.get_running_loop()))
-    pool = _async_pools.get(key)
-    if pool is None or pool.closed:
-        pool = AsyncConnectionPool(
-            url,
-            min_size=1,
-            max_size=max_size,
-            timeout=timeout,
-            kwargs={"autocommit": True},
-            name=f"gonka_mux:{redact_url(url)}",
-            open=False,
-        )
-        await pool.open(wait=False)
-        _async_pools[key] = pool
-    return pool
 
 
 def close_pools() -> None:

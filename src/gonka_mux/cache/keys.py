@@ -14,10 +14,12 @@ else from the request in clear, only the digest.
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Mapping
-from datetime import datetime
 from typing import Any
+
+# The body's own encoder (openai's rules for datetimes and pydantic models): the key sees what
+# is sent.
+from .._validate import _Encoder
 
 __all__ = ["IGNORED_FIELDS", "cache_key", "canonical_body", "is_deterministic"]
 
@@ -37,18 +39,6 @@ IGNORED_FIELDS = frozenset(
 )
 
 _VERSION = "v1"  # bump when the canonical form changes: old entries then simply miss
-
-
-class _Encoder(json.JSONEncoder):
-    """What openai would serialise: datetimes and pydantic models (message objects) too."""
-
-    def default(self, o: Any) -> Any:
-        if isinstance(o, datetime):
-            return o.isoformat()
-        dump = getattr(o, "model_dump", None)
-        if dump is not None and callable(dump):
-            return dump(exclude_unset=True, mode="json", by_alias=True)
-        return super().default(o)
 
 
 _encode = _Encoder(
