@@ -12,9 +12,13 @@ from a random entry. SQLite: a real file in a temp dir, WAL journal. PostgreSQL:
 the tests do (``tests/_postgres.py``: needs PostgreSQL installed; run from the repository root).
 
     .venv/bin/python bench/memory.py [--entries 100000] [--queries 500]
-        [--backends sqlite,postgresql] [--pg URL] [--fallback] [--baseline] [--rank-bm25 [N]]
+        [--backends sqlite,postgresql] [--indexes numpy,fts5] [--pg URL] [--fallback]
+        [--baseline] [--rank-bm25 [N]]
 
-``--fallback`` runs the pure-Python BM25 index instead of FTS5; ``--baseline`` also times FTS5's
+``--indexes`` picks the SQLite store's search paths, run one after the other on the same data:
+``numpy`` (in-memory postings arrays, the default where numpy is installed) and ``fts5`` (FTS5
+doclists with MaxScore, the path without numpy). ``--fallback`` runs the pure-Python BM25
+index instead of FTS5; ``--baseline`` also times FTS5's
 own ``ORDER BY bm25()`` over the same data for comparison. ``--rank-bm25`` (default 10k entries)
 compares the store's pure-Python fallback index with the ``rank-bm25`` package (a dev/benchmark
 dependency only; the store does not use it): insert cost, query latency, and how far the scores
@@ -155,6 +159,7 @@ def main() -> None:
     parser.add_argument("--entries", type=int, default=100_000)
     parser.add_argument("--queries", type=int, default=500)
     parser.add_argument("--backends", default="sqlite,postgresql")
+    parser.add_argument("--indexes", default="numpy,fts5", help="SQLite search paths to run")
     parser.add_argument("--pg", metavar="URL", help="an empty PostgreSQL database to use")
     parser.add_argument("--fallback", action="store_true", help="pure-Python BM25, no FTS5")
     parser.add_argument("--baseline", action="store_true", help="also time FTS5's bm25()")
@@ -179,10 +184,16 @@ def main() -> None:
     tops: dict[str, dict[int, list[list[str]]]] = {}
     with tempfile.TemporaryDirectory() as tmp:
         if "sqlite" in backends:
-            store = MemoryStore(Path(tmp) / "memory.sqlite3", use_fts5=not args.fallback)
-            name = "sqlite" + (" (python)" if args.fallback else "")
-            results[name], tops["sqlite"] = run(store, bulk, extra, queries)
-            store.close()
+            indexes = ["python"] if args.fallback else args.indexes.split(",")
+            for index in indexes:
+                store = MemoryStore(
+                    Path(tmp) / f"memory-{index}.sqlite3",
+                    use_numpy=index == "numpy",
+                    use_fts5=index != "python",
+                )
+                name = f"sqlite {index}"
+                results[name], tops[name] = run(store, bulk, extra, queries)
+                store.close()
             if args.baseline and not args.fallback:
                 baseline(Path(tmp), bulk, queries[3][:100])
         if "postgresql" in backends:
@@ -191,10 +202,12 @@ def main() -> None:
                 results["postgresql"], tops["postgresql"] = run(store, bulk, extra, queries)
                 store.close()
 
-    if len(tops) == 2:
-        first, second = tops.values()
-        differ = sum(a != b for w in WORDS for a, b in zip(first[w], second[w], strict=True))
-        print(f"\nsame top 5 in both stores: {'yes' if not differ else f'no, {differ} differ'}")
+    names = list(tops)
+    for other in names[1:]:
+        first, second = tops[names[0]], tops[other]
+        differ = {w: sum(a != b for a, b in zip(first[w], second[w], strict=True)) for w in WORDS}
+        verdict = "yes" if not any(differ.values()) else f"no, queries that differ: {differ}"
+        print(f"\nsame top 5 in {names[0]} and {other}: {verdict}")
     columns = ["insert", *(f"{w}-word" for w in WORDS)]
     print(f"\np50 in ms at {args.entries} entries (search k=5)")
     print(f"{'backend':<16}" + "".join(f"{c:>10}" for c in columns))

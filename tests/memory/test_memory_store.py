@@ -29,7 +29,14 @@ if _ROOT not in sys.path:
 
 from tests._postgres import postgres_server, postgres_url  # noqa: E402, F401
 
-INDEXES = ["fts5", "fallback"]
+INDEXES = ["numpy", "fts5", "fallback"]
+# How each index is asked for: numpy arrays (the default where numpy is installed), FTS5
+# doclists with MaxScore, the pure-Python postings (SQLite without FTS5).
+INDEX_OPTIONS = {
+    "numpy": {"use_numpy": True},
+    "fts5": {"use_numpy": False, "use_fts5": True},
+    "fallback": {"use_numpy": False, "use_fts5": False},
+}
 # The tests taking ``store`` also run on PostgreSQL (a real server, a fresh database each).
 BACKENDS = [*INDEXES, pytest.param("postgres", marks=pytest.mark.postgres)]
 
@@ -39,7 +46,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> MemoryStore:
     if request.param == "postgres":
         s = MemoryStore(request.getfixturevalue("postgres_url"))
     else:
-        s = MemoryStore(tmp_path / "memory.sqlite3", use_fts5=request.param == "fts5")
+        s = MemoryStore(tmp_path / "memory.sqlite3", **INDEX_OPTIONS[request.param])
     yield s
     s.close()
 
@@ -171,20 +178,20 @@ def _zipf_corpus(count: int, seed: int) -> tuple[list[str], list[str]]:
     return docs, queries
 
 
-def test_fts5_and_fallback_match_a_reference_bm25(tmp_path: Path) -> None:
+def test_every_index_matches_a_reference_bm25(tmp_path: Path) -> None:
     """Exact top-k: MaxScore pruning over FTS5 doclists must not change the result, and the
-    pure-Python fallback must return the same top results."""
+    numpy arrays and the pure-Python fallback must return the same top results, same floats."""
     docs, queries = _zipf_corpus(400, seed=11)
     keyed = {f"d{i:03d}": text for i, text in enumerate(docs)}
-    fts = MemoryStore(tmp_path / "fts.sqlite3", use_fts5=True)
-    fallback = MemoryStore(tmp_path / "py.sqlite3", use_fts5=False)
-    for s in (fts, fallback):
+    stores = [MemoryStore(tmp_path / f"{i}.sqlite3", **INDEX_OPTIONS[i]) for i in INDEXES]
+    assert [repr(s).split("index=")[1][:5] for s in stores] == ["numpy", "fts5)", "pytho"]
+    for s in stores:
         s.put_many("ns", [{"key": key, "text": text} for key, text in keyed.items()])
         s.put("other", " ".join(docs[:50]))  # another namespace must not shift the statistics
     for query in queries:
         for k in (1, 5, 12):
             expected = _reference_bm25(keyed, query, k)
-            for s in (fts, fallback):
+            for s in stores:
                 got = [(h.key, h.score) for h in s.search("ns", query, k=k)]
                 # Same scores; keys may differ only within exact ties.
                 assert [round(score, 9) for _, score in got] == [
@@ -192,11 +199,10 @@ def test_fts5_and_fallback_match_a_reference_bm25(tmp_path: Path) -> None:
                 ], (query, k)
                 for (key, score), (ref_key, ref_score) in zip(got, expected, strict=True):
                     assert key == ref_key or math.isclose(score, ref_score), (query, key)
-            assert [h.key for h in fts.search("ns", query, k=k)] == [
-                h.key for h in fallback.search("ns", query, k=k)
-            ]
-    fts.close()
-    fallback.close()
+            tops = [[(h.key, h.score) for h in s.search("ns", query, k=k)] for s in stores]
+            assert tops[0] == tops[1] == tops[2], (query, k)
+    for s in stores:
+        s.close()
 
 
 @pytest.mark.parametrize(
@@ -313,8 +319,13 @@ def test_threads_share_one_store(store: MemoryStore) -> None:
 _WRITER = """
 import sys
 from gonka_mux.memory import MemoryStore
-path, worker, fts = sys.argv[1], sys.argv[2], sys.argv[3] == "1"
-with MemoryStore(path, use_fts5=fts) as store:
+path, worker, index = sys.argv[1], sys.argv[2], sys.argv[3]
+options = {
+    "numpy": {"use_numpy": True},
+    "fts5": {"use_numpy": False, "use_fts5": True},
+    "fallback": {"use_numpy": False, "use_fts5": False},
+}[index]
+with MemoryStore(path, **options) as store:
     for i in range(60):
         store.put("ns", f"process {worker} wrote item{worker}n{i}", key=f"{worker}-{i}")
 """
@@ -324,11 +335,10 @@ with MemoryStore(path, use_fts5=fts) as store:
 @pytest.mark.parametrize("index", INDEXES)
 def test_processes_share_one_file(tmp_path: Path, index: str) -> None:
     path = tmp_path / "shared.sqlite3"
-    fts = index == "fts5"
-    reader = MemoryStore(path, use_fts5=fts)
+    reader = MemoryStore(path, **INDEX_OPTIONS[index])
     assert reader.search("ns", "process") == []  # loads (empty) state before the writers run
     procs = [
-        subprocess.Popen([sys.executable, "-c", _WRITER, str(path), str(w), "1" if fts else "0"])
+        subprocess.Popen([sys.executable, "-c", _WRITER, str(path), str(w), index])
         for w in range(3)
     ]
     assert [p.wait(timeout=60) for p in procs] == [0, 0, 0]
