@@ -125,3 +125,16 @@ def test_use_numpy_true_without_numpy_says_what_to_install(
     # The default quietly takes the FTS5 path.
     with MemoryStore(tmp_path / "m.sqlite3") as store:
         assert "fts5" in repr(store)
+
+
+def test_memory_is_bounded_by_dropping_the_least_recently_searched(tmp_path: Path) -> None:
+    store = MemoryStore(tmp_path / "m.sqlite3", use_numpy=True, numpy_max_entries=250)
+    for tenant in ("a", "b", "c"):
+        store.put_many(tenant, [f"{tenant} entry number{i}" for i in range(100)])
+    for tenant in ("a", "b", "a", "c"):
+        assert len(store.search(tenant, "entry", k=500)) == 100
+    index = store._arrays
+    held = {ns: index.size(ns)[0] for ns in index.loaded_namespaces()}
+    assert sum(held.values()) <= 250 and len(held) == 2  # b, searched least recently, went
+    assert len(store.search("b", "number7", k=3)) == 1  # reloaded on demand, still right
+    store.close()

@@ -25,7 +25,7 @@ of ~30 words).
 from __future__ import annotations
 
 from array import array
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -90,10 +90,16 @@ class _Namespace:
 
 
 class ArrayIndex:
-    """Per-namespace postings arrays. Not thread-safe: the store calls it under its lock."""
+    """Per-namespace postings arrays. Not thread-safe: the store calls it under its lock.
 
-    def __init__(self) -> None:
-        self._namespaces: dict[int, _Namespace] = {}
+    ``max_slots`` bounds the memory: when the loaded namespaces hold more slots (entries,
+    counting dead ones) than that, the least recently searched are dropped (and reloaded if
+    searched again). One namespace larger than the bound stays loaded alone.
+    """
+
+    def __init__(self, max_slots: int = 1_000_000) -> None:
+        self.max_slots = max_slots
+        self._namespaces: OrderedDict[int, _Namespace] = OrderedDict()
 
     # -- keeping in step -------------------------------------------------------------------
 
@@ -126,9 +132,17 @@ class ArrayIndex:
             ns.total_length += length
             packed.append(text)
         ns.alive = bytearray(b"\x01") * len(ns.docs)
+        self._namespaces.pop(namespace, None)  # a failed load leaves nothing half-built behind
+        if packed:
+            self._build_postings(ns, packed)
         self._namespaces[namespace] = ns
-        if not packed:
-            return
+        held = sum(len(n.docs) for n in self._namespaces.values())
+        while held > self.max_slots and len(self._namespaces) > 1:
+            _, evicted = self._namespaces.popitem(last=False)
+            held -= len(evicted.docs)
+
+    @staticmethod
+    def _build_postings(ns: _Namespace, packed: list[str]) -> None:
         tokens = " ".join(packed).split()  # packed texts are space-separated tokens
         vocabulary = dict.fromkeys(tokens)
         for number, term in enumerate(vocabulary):
@@ -193,6 +207,7 @@ class ArrayIndex:
         ns = self._namespaces.get(namespace)
         if ns is None or k <= 0:
             return []
+        self._namespaces.move_to_end(namespace)
         norm = _norms(ns, avg_length)
         slot_parts: list[Any] = []
         contribution_parts: list[Any] = []

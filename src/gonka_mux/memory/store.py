@@ -183,7 +183,8 @@ class MemoryStore:
     processes may share the file (WAL journal, writers wait up to ``timeout`` seconds).
     ``use_numpy``: ``None`` (default) searches in-memory postings arrays with numpy when it is
     installed (``pip install 'gonka-mux[memory]'``; the first search of a namespace loads it,
-    ~1 s per 100k entries, ~20 MB of memory), ``False`` never does. Without them,
+    ~1 s per 100k entries, ~20 MB of memory; the least recently searched namespaces are dropped
+    beyond ``numpy_max_entries`` entries in all), ``False`` never does. Without them,
     ``use_fts5=False`` forces the pure-Python index, ``None`` picks FTS5 when SQLite has it.
     All paths rank alike (the same BM25 floats).
     The async twins (``aput``, ``asearch``...) run the same code in a worker thread.
@@ -205,6 +206,7 @@ class MemoryStore:
         embedding_model: str | None = None,
         use_fts5: bool | None = None,
         use_numpy: bool | None = None,
+        numpy_max_entries: int = 1_000_000,
         vector_candidates: int = 50,
         vector_scan_limit: int = 1000,
         timeout: float = 30.0,
@@ -221,7 +223,7 @@ class MemoryStore:
             raise MemoryStoreError(
                 "use_fts5=True but this Python's SQLite has no FTS5; pass use_fts5=None."
             )
-        self._arrays = _array_index(use_numpy)
+        self._arrays = _array_index(use_numpy, numpy_max_entries)
         self._arrays_seq = 0  # the last change applied to self._arrays
         self._fallback: FallbackIndex | None = (
             None if self._fts or self._arrays is not None else FallbackIndex()
@@ -831,7 +833,7 @@ class MemoryStore:
 # -- helpers -------------------------------------------------------------------------------
 
 
-def _array_index(use_numpy: bool | None) -> Any:
+def _array_index(use_numpy: bool | None, max_entries: int) -> Any:
     """An :class:`~gonka_mux.memory.array_index.ArrayIndex` when numpy is wanted and there."""
     if use_numpy is False:
         return None
@@ -843,7 +845,7 @@ def _array_index(use_numpy: bool | None) -> Any:
                 "use_numpy=True but numpy is not installed: pip install 'gonka-mux[memory]'."
             ) from None
         return None
-    return ArrayIndex()
+    return ArrayIndex(max_slots=max(1, int(max_entries)))
 
 
 def _log_change(conn: sqlite3.Connection, ns: int, doc: int) -> None:
