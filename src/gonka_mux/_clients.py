@@ -131,11 +131,24 @@ class _PoolRouter:
         self._ssl_context = httpx.create_ssl_context()  # verify=True, trust_env=True: the default
         self._transports: dict[tuple[bytes, bytes, int | None, int | None], Any] = {}
         self._sweep_at = _SWEEP_MIN
+        self._wire: Any = None
         self.closed = False
 
     @property
     def pools(self) -> int:
         return len(self._transports)
+
+    def wire_pool(self) -> Any:
+        """The keep-alive pool of the relay hop's own HTTP/1.1 client (``_wire``), on this
+        router's SSL context and limits; made on first use, closed with the router."""
+        if self._wire is None:
+            from ._wire import WirePool
+
+            limits = self._limits
+            self._wire = WirePool(
+                self._ssl_context, limits.max_keepalive_connections, limits.keepalive_expiry
+            )
+        return self._wire
 
     async def handle_async_request(self, request: Any) -> Any:
         url = request.url
@@ -166,6 +179,8 @@ class _PoolRouter:
 
     async def aclose(self) -> None:
         self.closed = True
+        if self._wire is not None:
+            self._wire.close()
         transports, self._transports = self._transports, {}
         for transport in transports.values():
             await transport.aclose()

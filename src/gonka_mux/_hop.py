@@ -19,16 +19,21 @@ per-request options; anything else goes through ``client.post`` as before.
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
 import openai
 from openai import APIConnectionError, APIResponseValidationError, APITimeoutError
 
+from ._raw_stream import RawSSEStream as _RawSSEStream
+
 try:  # openai 3.x (httpx2); under 2.x the hop is not used
+    from httpx2 import Timeout as _Timeout
     from openai._httpx2 import request_exceptions, timeout_exceptions
 except ImportError:  # pragma: no cover
     request_exceptions = timeout_exceptions = None  # type: ignore[assignment]
+    _Timeout = None  # type: ignore[assignment,misc]
 
 log = logging.getLogger("gonka_mux.core")
 
@@ -79,13 +84,14 @@ async def direct_hop(client: Any, path: str, make_options: Any) -> DirectHop | N
 class DirectHop:
     """One client's POST to one path, its headers and URL built once by the SDK."""
 
-    __slots__ = ("client", "headers", "http", "url")
+    __slots__ = ("client", "headers", "http", "url", "wire")
 
     def __init__(self, client: Any, url: str, headers: list[tuple[str, str]]) -> None:
         self.client = client
         self.http = client._client
         self.url = url
         self.headers = headers
+        self.wire: Any = None  # a _wire.WireTarget where the HTTP client is plain
 
     @classmethod
     async def make(cls, client: Any, path: str, make_options: Any) -> DirectHop:
@@ -97,7 +103,19 @@ class DirectHop:
         options = await client._prepare_options(options)
         template = client._build_request(options, retries_taken=0)
         headers = [(k, v) for k, v in template.headers.multi_items() if k.lower() not in _SKIP]
-        return cls(client, str(template.url), headers)
+        hop = cls(client, str(template.url), headers)
+        hop.wire = _wire_target(hop.http, hop.url, headers)
+        return hop
+
+    def build_request(self, content: bytes, timeout: Any) -> Any:
+        """The httpx2 request ``client.post`` would send."""
+        headers = self.headers
+        read = getattr(timeout, "read", None)
+        if read is not None:
+            headers = [*headers, ("x-stainless-read-timeout", str(read))]
+        return self.http.build_request(
+            "POST", self.url, headers=headers, content=content, timeout=timeout
+        )
 
     async def post(
         self,
@@ -108,13 +126,17 @@ class DirectHop:
         stream_type: Any = None,
     ) -> Any:
         """``client.post(path, content=..., stream=stream_cls is not None)``'s result."""
-        headers = self.headers
-        read = getattr(timeout, "read", None)
-        if read is not None:
-            headers = [*headers, ("x-stainless-read-timeout", str(read))]
-        request = self.http.build_request(
-            "POST", self.url, headers=headers, content=content, timeout=timeout
-        )
+        wire = self.wire
+        if (
+            wire is not None
+            and isinstance(timeout, _Timeout)
+            and (stream_cls is None or stream_cls is _RawSSEStream)
+            and wire.usable()
+        ):
+            result = await self._post_wire(wire, content, timeout, cast_to, stream_cls, stream_type)
+            if result is not _REDO:
+                return result
+        request = self.build_request(content, timeout)
         stream = stream_cls is not None
         try:
             response = await self.http.send(request, stream=stream)
@@ -139,17 +161,97 @@ class DirectHop:
             ) from None
         return _parse(client, data, cast_to, response)
 
+    async def _post_wire(
+        self,
+        wire: Any,
+        content: bytes,
+        timeout: Any,
+        cast_to: Any,
+        stream_cls: Any,
+        stream_type: Any,
+    ) -> Any:
+        """:meth:`post` on the wire client (``_wire``): the same results and errors."""
+        from ._wire import WireResponse
+
+        read = timeout.read
+        extra = b"" if read is None else b"x-stainless-read-timeout: %s\r\n" % str(read).encode()
+        try:
+            conn, read_timeout = await wire.send(content, extra, timeout)
+        except timeout_exceptions() as err:
+            raise APITimeoutError(request=self.build_request(content, timeout)) from err
+        except request_exceptions() as err:
+            raise APIConnectionError(request=self.build_request(content, timeout)) from err
+        response = WireResponse(conn, wire.pool, read_timeout, self, content, timeout)
+        status = response.status_code
+        if status in _REDIRECTS and response.header(b"location") is not None:
+            # httpx2 follows it (or hands it back) by its own rules: the request goes that way
+            await response.aclose()
+            return _REDO
+        if response.header(b"set-cookie") is not None:
+            # kept in the client's jar, as httpx2 does; with cookies, later calls go by httpx2
+            self.http.cookies.extract_cookies(response.as_httpx(b""))
+        client = self.client
+        if stream_cls is not None and status < 400:
+            return stream_cls(cast_to=stream_type, response=response, client=client, options=None)
+        try:
+            body = await response.aread_raw()
+        except timeout_exceptions() as err:
+            raise APITimeoutError(request=response.request) from err
+        except request_exceptions() as err:
+            raise APIConnectionError(request=response.request) from err
+        if status >= 400 or response.header(b"content-encoding") is not None:
+            full = response.as_httpx(body)
+            if status >= 400:
+                raise client._make_status_error_from_response(full) from None
+            body = full.content  # decoded by httpx2
+        try:
+            data = json.loads(body)
+        except ValueError:
+            full = response.as_httpx(body)
+            raise APIResponseValidationError(
+                response=full,
+                body=full.text[:1000],
+                message="The endpoint's reply is not JSON.",
+            ) from None
+        return _parse(client, data, cast_to, response)
+
+
+_REDO = object()  # the wire client handed the request back to httpx2 (a redirect)
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+def _wire_target(http: Any, url: str, headers: list[tuple[str, str]]) -> Any:
+    """``_wire.target_for(...)`` where httptools is installed (the gateway extra), else None."""
+    try:
+        from . import _wire
+    except ImportError:  # no httptools: httpx2 sends
+        return None
+    try:
+        return _wire.target_for(http, url, headers)
+    except Exception:  # an httpx2 laid out differently: keep its own path
+        log.debug("no wire client for this endpoint", exc_info=True)
+        return None
+
 
 def _parse(client: Any, data: Any, cast_to: Any, response: Any) -> Any:
     """``data`` as ``cast_to``: pydantic's validation where the reply conforms (some 4 us for a
     chat completion, where openai's lenient ``construct_type`` takes some 70), else openai's own
-    lenient construction, as ``client.post`` does."""
+    lenient construction, as ``client.post`` does. ``response``: httpx2's, or a
+    ``_wire.WireResponse`` (an httpx2 one is made of it for openai's lenient path)."""
     from openai._models import add_request_id
     from pydantic import ValidationError
 
+    wire = hasattr(response, "as_httpx")
+    if wire:  # no httpx2 Headers built for one header
+        raw_id = response.header(b"x-request-id")
+        request_id = None if raw_id is None else raw_id.decode("latin-1")
+    else:
+        request_id = response.headers.get("x-request-id")
     try:
         parsed = cast_to.model_validate(data)
     except (ValidationError, AttributeError, TypeError):
+        if wire:
+            response = response.as_httpx(json.dumps(data).encode())
         parsed = client._process_response_data(data=data, cast_to=cast_to, response=response)
-    add_request_id(parsed, response.headers.get("x-request-id"))
+    add_request_id(parsed, request_id)
     return parsed

@@ -109,8 +109,12 @@ class RawSSEStream(AsyncStream[Any]):
                     events.append(DONE_EVENT)
                     yield events
                     if self.response.http_version == "HTTP/1.1":
+                        drain = getattr(self.response, "drain", None)  # _wire's own, lighter
                         try:  # for the connection's reuse; the stream itself is complete
-                            await drain_response_async(self.response)
+                            if drain is not None:
+                                await drain()
+                            else:
+                                await drain_response_async(self.response)
                         except Exception:
                             log.debug("draining a finished stream failed", exc_info=True)
                     return

@@ -1,0 +1,496 @@
+"""The relay hop's own HTTP/1.1 client (``gonka_mux._wire``): used only for the Multiplexer's plain
+shared client, and indistinguishable from the httpx2 path it replaces in what it sends, what it
+returns and what it raises. Every endpoint here is a real loopback server: the project's fake
+backend, or a raw asyncio server where a test needs bytes the fake does not send (gzip, a
+redirect, a body delimited by the connection's end)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gzip
+import json
+import socket
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+
+pytest.importorskip("httptools")
+httpx2 = pytest.importorskip("httpx2")
+openai = pytest.importorskip("openai")
+if not hasattr(openai, "_httpx2"):  # pragma: no cover - openai 2.x: the hop is not used
+    pytest.skip("the relay hop needs openai 3.x", allow_module_level=True)
+
+from openai import AsyncStream  # noqa: E402
+from openai.types.chat import ChatCompletion, ChatCompletionChunk  # noqa: E402
+
+from gonka_mux import AsyncMultiplexer  # noqa: E402
+from gonka_mux._hop import DirectHop, direct_hop  # noqa: E402
+from gonka_mux._raw_stream import DONE_EVENT, RawSSEStream  # noqa: E402
+from gonka_mux._wire import WireResponse  # noqa: E402
+from gonka_mux.testing import FakeBackend, Faults, Reply  # noqa: E402
+
+pytestmark = pytest.mark.asyncio
+
+PATH = "/chat/completions"
+BODY = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+CONTENT = json.dumps(BODY).encode()
+STREAM_CONTENT = json.dumps({**BODY, "stream": True}).encode()
+
+
+def timeout(read: float = 10.0, connect: float = 5.0) -> Any:
+    return httpx2.Timeout(read, connect=connect)
+
+
+@contextlib.asynccontextmanager
+async def plain_client(url: str) -> AsyncIterator[Any]:
+    """An endpoint's openai client as the Multiplexer builds it from a URL (the shared HTTP
+    client over its pool router): what the gateway's configured endpoints use."""
+    mux = AsyncMultiplexer(max_attempts=1)
+    mux.add_endpoint(url, models=["m"], name="a", api_key="sk-endpoint")
+    (endpoint,) = mux._core.endpoints.values()
+    try:
+        yield endpoint.client
+    finally:
+        await mux.aclose()
+
+
+async def hop_of(client: Any) -> DirectHop:
+    hop = await direct_hop(client, PATH, dict)
+    assert isinstance(hop, DirectHop)
+    return hop
+
+
+def pool_of(hop: DirectHop) -> Any:
+    assert hop.wire is not None, "the plain client should be sent to by the wire client"
+    return hop.wire.pool
+
+
+async def read_stream(stream: Any) -> list[bytes]:
+    events: list[bytes] = []
+    async for batch in stream:
+        events.extend(data for data, _ in batch)
+    return events
+
+
+async def via_httpx2(hop: DirectHop, *args: Any, **kwargs: Any) -> Any:
+    """The hop's result with its wire client switched off: the httpx2 path it replaces."""
+    wire, hop.wire = hop.wire, None
+    try:
+        return await hop.post(*args, **kwargs)
+    finally:
+        hop.wire = wire
+
+
+# -- what goes out, what comes back ---------------------------------------------------------
+
+
+async def test_json_and_streams_go_over_one_kept_alive_connection():
+    with FakeBackend(name="a", models=["m"]) as backend:
+        async with plain_client(backend.url) as client:
+            hop = await hop_of(client)
+            pool = pool_of(hop)
+            for _ in range(3):
+                reply = await hop.post(CONTENT, timeout(), ChatCompletion)
+                assert isinstance(reply, ChatCompletion) and reply.choices[0].message.content
+                stream = await hop.post(
+                    STREAM_CONTENT, timeout(), None, RawSSEStream, ChatCompletionChunk
+                )
+                assert isinstance(stream.response, WireResponse)
+                events = await read_stream(stream)
+                assert events[-1] == DONE_EVENT[0] and len(events) > 2
+                assert json.loads(events[0])["object"] == "chat.completion.chunk"
+            assert pool.idle_connections == 1
+            assert backend.open_connections == 1  # six requests, one connection
+            assert len(backend.requests) == 6
+
+
+async def test_the_wire_sends_the_headers_httpx2_sends():
+    with FakeBackend(name="a", models=["m"], api_key="sk-endpoint") as backend:
+        async with plain_client(backend.url) as client:
+            hop = await hop_of(client)
+            pool_of(hop)
+            await hop.post(CONTENT, timeout(), ChatCompletion)
+            await via_httpx2(hop, CONTENT, timeout(), ChatCompletion)
+            wire, reference = backend.requests[-2:]
+            assert wire.path == reference.path and wire.body == reference.body == CONTENT
+            assert list(wire.headers.items()) == list(reference.headers.items())
+            assert wire.headers["authorization"] == "Bearer sk-endpoint"
+            assert wire.headers["x-stainless-read-timeout"] == "10.0"
+
+
+async def test_only_the_multiplexers_plain_shared_client_gets_the_wire():
+    with FakeBackend(name="a", models=["m"]) as backend:
+        # a client of its own (the SDK's transport, a connection cap): httpx2 sends
+        own = openai.AsyncOpenAI(base_url=backend.url, api_key="k", max_retries=0)
+        try:
+            assert (await hop_of(own)).wire is None
+        finally:
+            await own.close()
+        # a custom transport (what tests and proxies use)
+        transport = httpx2.AsyncHTTPTransport()
+        custom = openai.AsyncOpenAI(
+            base_url=backend.url,
+            api_key="k",
+            max_retries=0,
+            http_client=httpx2.AsyncClient(transport=transport),
+        )
+        try:
+            assert (await hop_of(custom)).wire is None
+        finally:
+            await custom.close()
+
+        async with plain_client(backend.url) as client:
+            hop = await hop_of(client)
+            pool = pool_of(hop)
+            # an auth flow (Gonka's request signing is one) or an event hook added later: the
+            # request goes by httpx2, and the hook sees it
+            seen: list[Any] = []
+
+            async def hook(request: Any) -> None:
+                seen.append(request)
+
+            client._client.event_hooks["request"].append(hook)
+            await hop.post(CONTENT, timeout(), ChatCompletion)
+            assert len(seen) == 1 and pool.idle_connections == 0
+            client._client.event_hooks["request"].clear()
+            await hop.post(CONTENT, timeout(), ChatCompletion)
+            assert len(seen) == 1 and pool.idle_connections == 1
+
+
+# -- errors: the same openai errors as the httpx2 path ---------------------------------------
+
+
+@pytest.mark.parametrize(
+    "faults",
+    [
+        Faults(status_errors={503: 1.0}),
+        Faults(rate_429=1.0, retry_after=2),
+        Faults(rate_500=1.0),
+    ],
+    ids=["503", "429", "500"],
+)
+async def test_status_errors_are_the_sdks(faults: Faults):
+    with FakeBackend(name="a", models=["m"], faults=faults) as backend:
+        async with plain_client(backend.url) as client:
+            hop = await hop_of(client)
+            pool = pool_of(hop)
+            errors = []
+            for send in (
+                lambda: hop.post(CONTENT, timeout(), ChatCompletion),
+                lambda: hop.post(
+                    STREAM_CONTENT, timeout(), None, RawSSEStream, ChatCompletionChunk
+                ),
+                lambda: client.post(
+                    PATH, cast_to=ChatCompletion, body=BODY, options={"timeout": timeout()}
+                ),
+            ):
+                with pytest.raises(openai.APIStatusError) as caught:
+                    await send()
+                errors.append(caught.value)
+            wire, wire_stream, sdk = errors
+            for err in (wire, wire_stream):
+                assert type(err) is type(sdk)
+                assert (err.status_code, err.body) == (sdk.status_code, sdk.body)
+                assert str(err) == str(sdk)
+                assert err.response.headers.get("retry-after") == sdk.response.headers.get(
+                    "retry-after"
+                )
+                assert err.request.url == sdk.request.url
+            assert pool.idle_connections == 1  # an error body read to its end: reused
+
+
+async def test_a_reply_that_is_not_json_raises_as_the_httpx2_path():
+    with FakeBackend(name="a", models=["m"], faults=Faults(rate_malformed=1.0)) as backend:
+        async with plain_client(backend.url) as client:
+            hop = await hop_of(client)
+            pool_of(hop)
+            errors = []
+            for send in (hop.post, lambda *a: via_httpx2(hop, *a)):
+                with pytest.raises(openai.APIResponseValidationError) as caught:
+                    await send(CONTENT, timeout(), ChatCompletion)
+                errors.append(caught.value)
+            assert str(errors[0]) == str(errors[1])
+            assert type(errors[0].body) is type(errors[1].body) is str  # the reply's text
+
+
+async def test_transport_failures_and_timeouts_are_the_sdks():
+    with FakeBackend(name="a", models=["m"]) as backend:
+        async with plain_client(backend.url) as client:
+            hop = await hop_of(client)
+            pool = pool_of(hop)
+            backend.set_faults(rate_drop_before=1.0)  # the socket closes before any response
+            for send in (hop.post, lambda *a: via_httpx2(hop, *a)):
+                with pytest.raises(openai.APIConnectionError) as caught:
+                    await send(CONTENT, timeout(), ChatCompletion)
+                assert type(caught.value) is openai.APIConnectionError
+                assert caught.value.request.url == httpx2.URL(hop.url)
+
+            backend.set_faults(Faults(rate_hang=1.0))  # never answers: the read timeout
+            t0 = time.monotonic()
+            with pytest.raises(openai.APITimeoutError) as timed_out:
+                await hop.post(CONTENT, timeout(read=0.3), ChatCompletion)
+            assert 0.25 < time.monotonic() - t0 < 3
+            assert timed_out.value.request.headers["x-stainless-read-timeout"] == "0.3"
+            assert pool.idle_connections == 0  # the timed-out connection is not pooled
+
+    # nothing listens: connection refused
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    async with plain_client(f"http://127.0.0.1:{port}/v1") as client:
+        hop = await hop_of(client)
+        pool_of(hop)
+        with pytest.raises(openai.APIConnectionError) as refused:
+            await hop.post(CONTENT, timeout(), ChatCompletion)
+        assert type(refused.value) is openai.APIConnectionError
+
+
+async def test_a_stream_cut_mid_way_raises_a_connection_error():
+    with FakeBackend(name="a", models=["m"], seed=3) as backend:
+        backend.set_faults(rate_drop_mid_stream=1.0, inter_chunk=0.01)
+        async with plain_client(backend.url) as client:
+            hop = await hop_of(client)
+            pool = pool_of(hop)
+            stream = await hop.post(
+                STREAM_CONTENT, timeout(), None, RawSSEStream, ChatCompletionChunk
+            )
+            with pytest.raises(openai.APIConnectionError):
+                await read_stream(stream)
+            assert pool.idle_connections == 0
+
+
+# -- connections: never a half-read one back in the pool; a dead one never reused -----------
+
+
+async def test_an_abandoned_or_cancelled_stream_closes_its_connection():
+    replies = [Reply("one two three four five six seven eight")] * 4
+    with FakeBackend(name="a", models=["m"], replies=replies) as backend:
+        backend.set_faults(inter_chunk=0.05)
+        async with plain_client(backend.url) as client:
+            hop = await hop_of(client)
+            pool = pool_of(hop)
+            stream = await hop.post(
+                STREAM_CONTENT, timeout(), None, RawSSEStream, ChatCompletionChunk
+            )
+            await stream.__anext__()  # the first events, then the caller walks away
+            await stream.close()
+            assert pool.idle_connections == 0
+            for _ in range(100):
+                if backend.open_connections == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert backend.open_connections == 0  # closed, not left half-read
+
+            async def consume() -> None:
+                s = await hop.post(
+                    STREAM_CONTENT, timeout(), None, RawSSEStream, ChatCompletionChunk
+                )
+                try:
+                    await read_stream(s)
+                finally:
+                    await s.close()
+
+            task = asyncio.create_task(consume())
+            await asyncio.sleep(0.08)
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert pool.idle_connections == 0
+
+            backend.set_faults(inter_chunk=0.0)  # the next request: a new connection, whole
+            stream = await hop.post(
+                STREAM_CONTENT, timeout(), None, RawSSEStream, ChatCompletionChunk
+            )
+            assert (await read_stream(stream))[-1] == DONE_EVENT[0]
+            assert pool.idle_connections == 1
+
+
+async def test_a_pooled_connection_the_server_closed_is_not_reused():
+    with FakeBackend(name="a", models=["m"]) as backend:
+        async with plain_client(backend.url) as client:
+            hop = await hop_of(client)
+            pool = pool_of(hop)
+            await hop.post(CONTENT, timeout(), ChatCompletion)
+            assert pool.idle_connections == 1
+            # closed while idle, and no turn of this loop since: its EOF is not seen yet, the
+            # socket is polled before reuse
+            backend.set_faults(down=True)  # closes the connections open now
+            backend.set_faults(down=False)
+            time.sleep(0.05)  # noqa: ASYNC251 - on purpose: the loop must not run meanwhile
+            reply = await hop.post(CONTENT, timeout(), ChatCompletion)
+            assert reply.choices[0].message.content
+            # and closed with turns of the loop in between: connection_lost drops it
+            backend.set_faults(down=True)
+            backend.set_faults(down=False)
+            for _ in range(100):
+                if pool.idle_connections == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert pool.idle_connections == 0
+            assert (await hop.post(CONTENT, timeout(), ChatCompletion)).choices
+            assert len([r for r in backend.requests if r.fault is None]) == 3
+
+
+async def test_the_multiplexer_closing_closes_the_pooled_connections():
+    with FakeBackend(name="a", models=["m"]) as backend:
+        async with plain_client(backend.url) as client:
+            hop = await hop_of(client)
+            pool = pool_of(hop)
+            await hop.post(CONTENT, timeout(), ChatCompletion)
+            assert backend.open_connections == 1
+        assert pool.closed and pool.idle_connections == 0
+        for _ in range(100):
+            if backend.open_connections == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert backend.open_connections == 0
+
+
+# -- framings the fake does not send: a raw server ------------------------------------------
+
+Handler = Callable[[bytes], list[bytes]]
+
+
+@contextlib.asynccontextmanager
+async def raw_server(answer: Handler) -> AsyncIterator[str]:
+    """A loopback server answering each request (its head and body) with ``answer``'s parts,
+    written one by one; a part ``b""`` closes the connection."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = 0
+                for line in head.split(b"\r\n"):
+                    name, _, value = line.partition(b":")
+                    if name.strip().lower() == b"content-length":
+                        length = int(value)
+                request = head + await reader.readexactly(length)
+                for part in answer(request):
+                    if not part:
+                        return
+                    writer.write(part)
+                    await writer.drain()
+                    await asyncio.sleep(0.005)
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.close()
+
+
+def completion(text: str) -> bytes:
+    return json.dumps(
+        {
+            "id": "c1",
+            "object": "chat.completion",
+            "created": 1,
+            "model": "m",
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": text},
+                    "finish_reason": "stop",
+                }
+            ],
+        }
+    ).encode()
+
+
+async def test_gzip_chunked_and_until_close_bodies():
+    zipped = gzip.compress(completion("zipped"))
+    sse = b'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[]}'
+    answers = iter(
+        [
+            # gzip, content-length, split across writes
+            [
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\n"
+                b"x-request-id: req-1\r\ncontent-length: %d\r\n\r\n" % len(zipped),
+                zipped[:10],
+                zipped[10:],
+            ],
+            # chunked, an event split across chunks, CRLF line ends
+            [
+                b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\n"
+                b"transfer-encoding: chunked\r\n\r\n",
+                b"%x\r\n%s\r\n" % (20, sse[:20]),
+                b"%x\r\n%s\r\n" % (len(sse) - 20 + 4, sse[20:] + b"\r\n\r\n"),
+                b"e\r\ndata: [DONE]\n\n\r\n0\r\n\r\n",
+            ],
+            # no length, not chunked: the body ends with the connection
+            [
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\r\n",
+                completion("until close"),
+                b"",
+            ],
+        ]
+    )
+    async with raw_server(lambda _: next(answers)) as url, plain_client(url) as client:
+        hop = await hop_of(client)
+        pool = pool_of(hop)
+        reply = await hop.post(CONTENT, timeout(), ChatCompletion)
+        assert reply.choices[0].message.content == "zipped"
+        assert reply._request_id == "req-1"
+        stream = await hop.post(STREAM_CONTENT, timeout(), None, RawSSEStream, ChatCompletionChunk)
+        assert await read_stream(stream) == [sse[6:], DONE_EVENT[0]]
+        assert pool.idle_connections == 1
+        reply = await hop.post(CONTENT, timeout(), ChatCompletion)
+        assert reply.choices[0].message.content == "until close"
+        assert pool.idle_connections == 0  # that connection ended with its body
+
+
+async def test_a_redirect_is_followed_by_httpx2_as_before():
+    requests: list[bytes] = []
+
+    def answer(request: bytes) -> list[bytes]:
+        requests.append(request)
+        if request.startswith(b"POST /v1/chat/completions "):
+            return [
+                b"HTTP/1.1 307 Temporary Redirect\r\nlocation: /v2/chat/completions\r\n"
+                b"content-length: 0\r\n\r\n"
+            ]
+        body = completion("moved")
+        return [
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: %d\r\n\r\n"
+            % len(body)
+            + body
+        ]
+
+    async with raw_server(answer) as url, plain_client(url) as client:
+        hop = await hop_of(client)
+        pool_of(hop)
+        reply = await hop.post(CONTENT, timeout(), ChatCompletion)
+        assert reply.choices[0].message.content == "moved"
+        # the wire's POST, then httpx2's: the POST again and the redirected one
+        paths = [r.split(b" ")[1] for r in requests]
+        assert paths == [b"/v1/chat/completions", b"/v1/chat/completions", b"/v2/chat/completions"]
+        assert all(r.endswith(CONTENT) for r in requests)
+
+
+async def test_the_sdks_own_stream_class_keeps_the_httpx2_path():
+    """A stream asked for as chunk objects (a per-chunk feature such as the response cache)
+    goes through httpx2: openai's AsyncStream reads an httpx2 response."""
+    with FakeBackend(name="a", models=["m"]) as backend:
+        async with plain_client(backend.url) as client:
+            hop = await hop_of(client)
+            pool = pool_of(hop)
+            stream = await hop.post(
+                STREAM_CONTENT,
+                timeout(),
+                None,
+                AsyncStream[ChatCompletionChunk],
+                ChatCompletionChunk,
+            )
+            assert isinstance(stream.response, httpx2.Response)
+            chunks = [c async for c in stream]
+            assert chunks and all(isinstance(c, ChatCompletionChunk) for c in chunks)
+            assert pool.idle_connections == 0
