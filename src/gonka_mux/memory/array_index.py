@@ -18,8 +18,9 @@ The index is a cache of the SQLite table (the source of truth): the store loads 
 its first search (vectorised: ~1 s per 100k entries of ~30 words) and keeps it in step from the
 ``memory_changes`` log every writer appends to. An entry rewritten or deleted leaves a dead
 slot behind (masked out of every result); the store reloads a namespace whose dead slots
-outnumber its live ones. Memory: ~8 bytes per distinct word per entry (~20 MB per 100k entries
-of ~30 words).
+outnumber its live ones. Memory: ~45 MB held per 100k entries of ~30 words (8 bytes per distinct
+word per entry, plus the per-entry and per-word bookkeeping); a load peaks ~150 MB above that,
+most of which the allocator keeps for the process's later use.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ __all__ = ["ArrayIndex"]
 # Below this share of postings per slot, summing over the touched slots only (a sort of the
 # postings) beats a dense accumulator over every slot of the namespace.
 _SPARSE_SHARE = 0.125
+_LOAD_CHUNK = 2048  # texts tokenized at a time while loading a namespace
 
 
 class _Term:
@@ -143,16 +145,25 @@ class ArrayIndex:
 
     @staticmethod
     def _build_postings(ns: _Namespace, packed: list[str]) -> None:
-        tokens = " ".join(packed).split()  # packed texts are space-separated tokens
-        vocabulary = dict.fromkeys(tokens)
-        for number, term in enumerate(vocabulary):
-            vocabulary[term] = number
-        ids = np.fromiter(map(vocabulary.__getitem__, tokens), dtype=np.int64, count=len(tokens))
-        del tokens
+        # Tokens become term ids a chunk of texts at a time: splitting every text at once
+        # would hold millions of short strings (~200 MB at 100k entries) for a moment.
         slots = len(packed)
         per_slot = np.frombuffer(ns.lengths, dtype=np.float64).astype(np.int64)
-        if int(per_slot.sum()) != len(ids):  # a length column out of step: count the tokens
-            per_slot = np.fromiter((len(p.split()) for p in packed), dtype=np.int64, count=slots)
+        vocabulary: dict[str, int] = {}
+        id_parts = []
+        for start in range(0, slots, _LOAD_CHUNK):
+            chunk = packed[start : start + _LOAD_CHUNK]
+            tokens = " ".join(chunk).split()  # packed texts are space-separated tokens
+            if len(tokens) != int(per_slot[start : start + len(chunk)].sum()):
+                # A length column out of step with the tokens: count them.
+                per_slot[start : start + len(chunk)] = [len(p.split()) for p in chunk]
+            for term in dict.fromkeys(tokens).keys() - vocabulary.keys():
+                vocabulary[term] = len(vocabulary)
+            id_parts.append(
+                np.fromiter(map(vocabulary.__getitem__, tokens), dtype=np.int64, count=len(tokens))
+            )
+        ids = np.concatenate(id_parts)
+        del id_parts
         keys = ids * slots + np.repeat(np.arange(slots, dtype=np.int64), per_slot)
         del ids
         keys.sort()

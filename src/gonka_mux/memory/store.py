@@ -183,7 +183,7 @@ class MemoryStore:
     processes may share the file (WAL journal, writers wait up to ``timeout`` seconds).
     ``use_numpy``: ``None`` (default) searches in-memory postings arrays with numpy when it is
     installed (``pip install 'gonka-mux[memory]'``; the first search of a namespace loads it,
-    ~1 s per 100k entries, ~20 MB of memory; the least recently searched namespaces are dropped
+    ~1 s and ~45 MB per 100k entries; the least recently searched namespaces are dropped
     beyond ``numpy_max_entries`` entries in all), ``False`` never does. Without them,
     ``use_fts5=False`` forces the pure-Python index, ``None`` picks FTS5 when SQLite has it.
     All paths rank alike (the same BM25 floats).
