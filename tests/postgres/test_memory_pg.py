@@ -131,6 +131,9 @@ async def test_selected_by_url_everywhere_a_path_is_accepted(
     assert "s3cret-pw" not in repr(store) and "***" in repr(store)
     store.put("ns", "the deploy runs on Fridays", key="deploy", metadata={"team": "ops"})
     store.close()
+    # The SQLite store's search-path options fit the PostgreSQL store too.
+    with MemoryStore(url, use_numpy=False, use_fts5=True, numpy_max_entries=10) as store:
+        assert [h.key for h in store.search("ns", "deploy")] == ["deploy"]
 
     mux = AsyncMultiplexer()
     memory = mux.enable_memory(url)

@@ -303,7 +303,8 @@ class PostgresMemoryStore(MemoryStore):
     (``max_connections`` per store); a refused or dropped connection fails at once with
     :class:`~gonka_mux.errors.StoreUnavailableError`, and so does an operation still unanswered
     after ``operation_timeout`` seconds (a frozen server; also the server-side
-    ``statement_timeout``). ``use_fts5`` is accepted and ignored.
+    ``statement_timeout``). ``use_fts5``, ``use_numpy`` and ``numpy_max_entries`` (the SQLite
+    store's search paths) are accepted and ignored, so one set of options fits both stores.
     """
 
     def __new__(cls, *args: Any, **kwargs: Any) -> PostgresMemoryStore:
@@ -316,6 +317,8 @@ class PostgresMemoryStore(MemoryStore):
         embedder: Any = None,
         embedding_model: str | None = None,
         use_fts5: bool | None = None,
+        use_numpy: bool | None = None,
+        numpy_max_entries: int = 1_000_000,
         vector_candidates: int = 50,
         vector_scan_limit: int = 1000,
         timeout: float = 10.0,
