@@ -182,6 +182,15 @@ class DirectHop:
         except request_exceptions() as err:
             raise APIConnectionError(request=self.build_request(content, timeout)) from err
         response = WireResponse(conn, wire.pool, read_timeout, self, content, timeout)
+        try:
+            return await self._wire_result(response, cast_to, stream_cls, stream_type)
+        except BaseException:
+            await response.aclose()  # closes the connection unless its response was read whole
+            raise
+
+    async def _wire_result(
+        self, response: Any, cast_to: Any, stream_cls: Any, stream_type: Any
+    ) -> Any:
         status = response.status_code
         if status in _REDIRECTS and response.header(b"location") is not None:
             # httpx2 follows it (or hands it back) by its own rules: the request goes that way

@@ -56,9 +56,10 @@ Key = tuple[bytes, str, int]  # (scheme, host, port)
 class _Conn(asyncio.Protocol):
     """One HTTP/1.1 connection: the transport, its response parser and the response's state."""
 
-    def __init__(self, pool: WirePool, key: Key) -> None:
+    def __init__(self, pool: WirePool, key: Key, loop: asyncio.AbstractEventLoop) -> None:
         self.pool = pool
         self.key = key
+        self.loop = loop  # a connection serves the loop that opened it only
         self.transport: Any = None
         self.fd = -1
         self.parser = httptools.HttpResponseParser(self)
@@ -133,13 +134,22 @@ class _Conn(asyncio.Protocol):
         self._wake()
 
     # -- httptools callbacks ------------------------------------------------------------------
+    def on_message_begin(self) -> None:
+        if self.complete:  # a second response to one request: not ours to read, nor reuse
+            self.error = httpx2.RemoteProtocolError("unexpected bytes after the response")
+            self.keep_alive = False
+
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.complete:
+            return
         self.headers.append((name, value))
         lower = name.lower()
         if lower == b"content-length" or lower == b"transfer-encoding":
             self.until_close = False
 
     def on_headers_complete(self) -> None:
+        if self.complete:
+            return
         status = self.parser.get_status_code()
         if 100 <= status < 200:  # an interim response: the real one follows on this connection
             self.informational = True
@@ -148,6 +158,8 @@ class _Conn(asyncio.Protocol):
         self.headers_done = True
 
     def on_body(self, body: bytes) -> None:
+        if self.complete:
+            return
         self.chunks.append(body)
         self.buffered += len(body)
         if self.buffered > _HIGH_WATER and not self.read_paused:
@@ -155,6 +167,8 @@ class _Conn(asyncio.Protocol):
             self.transport.pause_reading()
 
     def on_message_complete(self) -> None:
+        if self.complete:
+            return
         if self.informational:
             self.headers = []
             self.until_close = True
@@ -223,8 +237,10 @@ class _Conn(asyncio.Protocol):
             if not await self._wait(timeout):
                 raise httpx2.ReadTimeout("timed out reading the response")
 
-    def reusable(self, now: float, expiry: float | None) -> bool:
+    def reusable(self, now: float, expiry: float | None, loop: asyncio.AbstractEventLoop) -> bool:
         if self.lost or self.error is not None or self.transport.is_closing():
+            return False
+        if self.loop is not loop:  # opened on another event loop (one that may be gone)
             return False
         if expiry is not None and now - self.idle_since > expiry:
             return False
@@ -268,9 +284,10 @@ class WirePool:
         idle = self._idle.get(key)
         if idle:
             now = time.monotonic()
+            loop = asyncio.get_running_loop()
             while idle:
                 conn = idle.pop()  # the most recently used first: the likeliest to be alive
-                if conn.reusable(now, self._expiry):
+                if conn.reusable(now, self._expiry, loop):
                     return conn
                 conn.abort()
         return await self._connect(key, connect_timeout)
@@ -285,7 +302,7 @@ class WirePool:
             context.set_alpn_protocols(["http/1.1"])  # as httpcore does (HTTP/2 is off)
         loop = asyncio.get_running_loop()
         connect = loop.create_connection(
-            lambda: _Conn(self, key),
+            lambda: _Conn(self, key, loop),
             host,
             port,
             ssl=context,

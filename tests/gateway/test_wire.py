@@ -494,3 +494,111 @@ async def test_the_sdks_own_stream_class_keeps_the_httpx2_path():
             chunks = [c async for c in stream]
             assert chunks and all(isinstance(c, ChatCompletionChunk) for c in chunks)
             assert pool.idle_connections == 0
+
+
+async def test_a_cookie_the_endpoint_sets_is_kept_and_sent_as_httpx2_does():
+    requests: list[bytes] = []
+
+    def answer(request: bytes) -> list[bytes]:
+        requests.append(request)
+        body = completion("ok")
+        return [
+            b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+            b"set-cookie: lb=node-7; Path=/\r\ncontent-length: %d\r\n\r\n" % len(body) + body
+        ]
+
+    async with raw_server(answer) as url, plain_client(url) as client:
+        hop = await hop_of(client)
+        pool = pool_of(hop)
+        await hop.post(CONTENT, timeout(), ChatCompletion)
+        assert b"\r\ncookie:" not in requests[0].lower()
+        assert client._client.cookies.get("lb") == "node-7"
+        await hop.post(CONTENT, timeout(), ChatCompletion)  # httpx2 now: it sends the cookie
+        assert b"\r\ncookie: lb=node-7\r\n" in requests[1].lower()
+        assert pool.idle_connections == 1  # the wire's connection stays pooled, unused
+
+
+def _self_signed() -> tuple[bytes, bytes]:
+    """(certificate PEM, key PEM) for 127.0.0.1, its own CA."""
+    import datetime
+    import ipaddress
+
+    x509 = pytest.importorskip("cryptography.x509")
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .sign(key, hashes.SHA256())
+    )
+    return (
+        cert.public_bytes(serialization.Encoding.PEM),
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        ),
+    )
+
+
+async def test_https_on_the_routers_ssl_context(tmp_path: Any):
+    import ssl
+
+    cert, key = _self_signed()
+    (tmp_path / "cert.pem").write_bytes(cert)
+    (tmp_path / "key.pem").write_bytes(key)
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(tmp_path / "cert.pem", tmp_path / "key.pem")
+    connections = 0
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal connections
+        connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+                body = completion("over tls")
+                writer.write(
+                    b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                    b"content-length: %d\r\n\r\n%s" % (len(body), body)
+                )
+                await writer.drain()
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    server = await asyncio.start_server(handle, "127.0.0.1", 0, ssl=server_context)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with plain_client(f"https://127.0.0.1:{port}/v1") as client:
+            hop = await hop_of(client)
+            pool = pool_of(hop)
+            # not trusted yet: the certificate check fails, as httpx2's would
+            with pytest.raises(openai.APIConnectionError):
+                await hop.post(CONTENT, timeout(), ChatCompletion)
+            client._client._transport._ssl_context.load_verify_locations(cadata=cert.decode())
+            for _ in range(3):
+                reply = await hop.post(CONTENT, timeout(), ChatCompletion)
+                assert reply.choices[0].message.content == "over tls"
+            assert pool.idle_connections == 1
+            assert connections == 1  # one kept-alive connection (the refused one never served)
+    finally:
+        server.close()
