@@ -602,3 +602,39 @@ async def test_https_on_the_routers_ssl_context(tmp_path: Any):
             assert connections == 1  # one kept-alive connection (the refused one never served)
     finally:
         server.close()
+
+
+async def test_the_callers_deadline_ends_a_wire_request_as_it_ends_an_sdk_one():
+    from gonka_mux.context import CHAT
+    from gonka_mux.errors import DeadlineExceeded
+    from gonka_mux.settings import CallOptions
+
+    params = {"model": "m", "messages": BODY["messages"]}
+    with FakeBackend(name="a", models=["m"], faults=Faults(rate_hang=1.0)) as backend:
+        mux = AsyncMultiplexer(max_attempts=1)
+        mux.add_endpoint(backend.url, models=["m"], name="a", api_key="k")
+        core = mux._core
+        try:
+            for stream in (False, True):
+                for relay in (False, True):
+                    t0 = time.monotonic()
+                    with pytest.raises(DeadlineExceeded):
+                        await core.execute(
+                            CHAT,
+                            {**params, "stream": stream},
+                            {},
+                            CallOptions(deadline=0.3),
+                            stream=stream,
+                            relay=relay,
+                        )
+                    assert time.monotonic() - t0 < 3
+            (endpoint,) = core.endpoints.values()
+            hop = endpoint.client.__dict__["_gonka_mux_hops"][PATH]
+            assert pool_of(hop).idle_connections == 0  # the hung connections were closed
+            for _ in range(100):
+                if backend.open_connections == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert backend.open_connections == 0
+        finally:
+            await mux.aclose()
