@@ -135,6 +135,31 @@ class _AsyncCreate(_Resource):
             self._kind, body, request_options, options, stream=bool(body.get("stream"))
         )
 
+    async def relay(self, **params: Any) -> Any:
+        """``create(**params)`` for a caller that relays the result over HTTP (the gateway).
+
+        The request goes out the same way, with the same routing, failover, limits, metering
+        and sessions, but on a path made for relaying: where the endpoint's client is a plain
+        one, the request is sent on a hop built once per endpoint (the SDK's headers and URL;
+        for the Multiplexer's own HTTP client a lean HTTP/1.1 connection pool). A reply is the
+        same object as ``create``'s. A stream yields ``bytes`` of SSE events as the endpoint
+        sent them (one or more ``data: ...\n\n`` events per item, to write unchanged; the
+        item with the endpoint's ``[DONE]`` ends with it, and the stream's ``sent_done`` is
+        then true) instead of chunk objects, except where a feature needs the objects (the
+        response cache recording a stream) or the reply is served locally (a cache hit): those
+        streams yield chunk objects, as ``create`` does. Usage, sessions and limits still see
+        every event. ``gonka_mux.gateway.sse.sse_response`` relays either kind.
+        """
+        body, request_options, options = _split(params)
+        return await self._mux._core.execute(
+            self._kind,
+            body,
+            request_options,
+            options,
+            stream=bool(body.get("stream")),
+            relay=True,
+        )
+
 
 class _AsyncChatCompletions(_AsyncCreate):
     """``mux.chat.completions.create(**openai_params)``: ChatCompletion or an async stream.

@@ -334,3 +334,36 @@ async def test_the_relay_hop_sends_the_sdks_request_and_raises_its_errors():
             assert errors[0].body == errors[1].body and "bad prompt" in str(errors[1])
         finally:
             await mux.aclose()
+
+
+async def test_the_public_relay_door_gives_objects_and_sse_bytes():
+    """``mux.chat.completions.relay`` / ``mux.completions.relay``: what the gateway calls."""
+    from openai.types import Completion
+    from openai.types.chat import ChatCompletion
+
+    from gonka_mux import AsyncMultiplexer
+    from gonka_mux.testing import FakeBackend
+
+    with FakeBackend(name="a", models=["m"]) as backend:
+        mux = AsyncMultiplexer(max_attempts=1)
+        mux.add_endpoint(backend.url, models=["m"], name="a")
+        try:
+            reply = await mux.chat.completions.relay(model="m", messages=MSG, caller="k1")
+            assert isinstance(reply, ChatCompletion) and reply.choices[0].message.content
+            stream = await mux.chat.completions.relay(model="m", messages=MSG, stream=True)
+            parts = [part async for part in stream]
+            assert all(type(p) is bytes for p in parts)
+            assert parts[-1].endswith(b"data: [DONE]\n\n") and stream.sent_done
+            text = await mux.completions.relay(model="m", prompt="hi")
+            assert isinstance(text, Completion)
+            text_stream = await mux.completions.relay(model="m", prompt="hi", stream=True)
+            raw = b"".join([part async for part in text_stream])
+            assert raw.endswith(b"data: [DONE]\n\n")
+            assert [r.json.get("stream", False) for r in backend.requests] == [
+                False,
+                True,
+                False,
+                True,
+            ]
+        finally:
+            await mux.aclose()

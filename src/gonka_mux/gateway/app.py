@@ -35,7 +35,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gonka_mux.context import CHAT, COMPLETIONS
-from gonka_mux.multiplexer import AsyncMultiplexer, Multiplexer, _split
+from gonka_mux.multiplexer import AsyncMultiplexer, Multiplexer
 
 from . import _http
 from .admin import admin_routes
@@ -220,15 +220,12 @@ class Gateway:
 
     async def _create(self, kind: Any, body: dict[str, Any], kwargs: dict[str, Any]) -> Any:
         """What ``mux.<kind>.create(**body, **kwargs)`` returns, asked for as a relay
-        (``execute(relay=True)``): the request goes out on a hop built once per endpoint, and a
+        (``mux.<kind>.relay``): the request goes out on a hop built once per endpoint, and a
         stream comes back as SSE bytes to relay unchanged (no chunk objects built and
         serialised again: most of a relayed stream's cost). Usage, sessions and limits still
         see every chunk."""
-        stream = bool(body.get("stream"))
-        params, request_options, options = _split({**body, **kwargs})
-        return await self.mux._core.execute(
-            kind, params, request_options, options, stream=stream, relay=True
-        )
+        resource = self.mux.chat.completions if kind is CHAT else self.mux.completions
+        return await resource.relay(**{**body, **kwargs})
 
     def _caller_kwargs(self, key: ApiKey) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"caller": key.id}

@@ -6,7 +6,7 @@ still happen then); a failure after that cannot change the status code any more,
 one ``data: {"error": {...}}`` event before the stream ends, as OpenAI does. The upstream stream is
 closed whatever happens, including when the client disconnects.
 
-The gateway asks for streams as a relay (``execute(relay=True)``): their events arrive as the
+The gateway asks for streams as a relay (``mux.chat.completions.relay``): their events arrive as the
 endpoint's own bytes, one or more events per read, and leave unchanged in one write each; chunk
 objects (a locally served stream, or one a per-chunk feature such as the response cache records)
 are serialised as above. A relayed stream sends ``[DONE]`` with its last events, and the end of
@@ -91,7 +91,7 @@ def sse_response(
     stream: Any, *, hide_usage: bool = False, headers: dict[str, str] | None = None
 ) -> StreamingResponse:
     """A streaming response relaying ``stream`` (an async iterator of openai chunks, or of
-    SSE ``bytes`` already framed, from a stream asked for with ``execute(relay=True)``)."""
+    SSE ``bytes`` already framed, from a stream asked for with ``relay(...)``)."""
     return _SSEResponse(
         _events(stream, hide_usage),
         media_type="text/event-stream",
