@@ -51,14 +51,15 @@ def admin_routes(g: Gateway) -> list[tuple[str, Callable[[Request], Awaitable[Re
             )
         return tier
 
-    def key_or_404(key_id: str) -> Any:
+    async def key_or_404(key_id: str) -> Any:
         try:
-            return g.keys.get(key_id)
+            return await g.keys_io(g.keys.get, key_id)
         except KeyNotFoundError:
             raise HTTPError(404, f"No API key with id {key_id!r}.", code="key_not_found") from None
 
     async def list_keys(request: Request) -> Response:
-        keys = g.keys.list(include_revoked=request.query_params.get("revoked", "true") != "false")
+        revoked = request.query_params.get("revoked", "true") != "false"
+        keys = await g.keys_io(g.keys.list, include_revoked=revoked)
         return _http.json_response({"object": "list", "data": [k.to_dict() for k in keys]})
 
     async def create_key(request: Request) -> Response:
@@ -66,17 +67,17 @@ def admin_routes(g: Gateway) -> list[tuple[str, Callable[[Request], Awaitable[Re
         name = body.get("name", "")
         tier = check_tier(body.get("tier", g.services.default_tier()))
         try:
-            record, plaintext = g.keys.create(name=name, tier=tier)
+            record, plaintext = await g.keys_io(g.keys.create, name=name, tier=tier)
         except KeyStoreError as exc:
             raise HTTPError(400, str(exc), code="invalid_value") from None
         return _http.json_response({**record.to_dict(), "key": plaintext}, 201)
 
     async def get_key(request: Request) -> Response:
-        return _http.json_response(key_or_404(request.path_params["key_id"]).to_dict())
+        return _http.json_response((await key_or_404(request.path_params["key_id"])).to_dict())
 
     async def update_key(request: Request) -> Response:
         key_id = request.path_params["key_id"]
-        key_or_404(key_id)
+        await key_or_404(key_id)
         body = await _http.read_json(request, 64 * 1024)
         unknown = set(body) - {"tier"}
         if unknown:
@@ -85,13 +86,13 @@ def admin_routes(g: Gateway) -> list[tuple[str, Callable[[Request], Awaitable[Re
                 f"Only 'tier' can be changed; unexpected: {', '.join(sorted(unknown))}.",
                 param=sorted(unknown)[0],
             )
-        record = g.keys.set_tier(key_id, check_tier(body.get("tier")))
+        record = await g.keys_io(g.keys.set_tier, key_id, check_tier(body.get("tier")))
         return _http.json_response(record.to_dict())
 
     async def revoke_key(request: Request) -> Response:
         key_id = request.path_params["key_id"]
-        key_or_404(key_id)
-        return _http.json_response(g.keys.revoke(key_id).to_dict())
+        await key_or_404(key_id)
+        return _http.json_response((await g.keys_io(g.keys.revoke, key_id)).to_dict())
 
     async def usage(request: Request) -> Response:
         meter = g.services.meter
@@ -122,7 +123,7 @@ def admin_routes(g: Gateway) -> list[tuple[str, Callable[[Request], Awaitable[Re
         epoch_status = getattr(g.mux, "epoch_status", None)
         if callable(epoch_status):
             epoch = epoch_status()
-        keys = g.keys.list()
+        keys = await g.keys_io(g.keys.list)
         active = sum(k.active for k in keys)
         return _http.json_response(
             {

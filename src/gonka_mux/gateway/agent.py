@@ -125,13 +125,13 @@ def agent_routes(g: Gateway) -> list[tuple[str, Handler, list[str]]]:
         return name
 
     async def session_list(request: Request) -> Response:
-        key = g.authenticate(request)
+        key = await g.authenticate(request)
         prefix = g.scoped(key, "")
         ids = [s[len(prefix) :] for s in await session_manager().list() if s.startswith(prefix)]
         return _http.json_response({"object": "list", "data": sorted(ids)})
 
     async def session_get(request: Request) -> Response:
-        key = g.authenticate(request)
+        key = await g.authenticate(request)
         name = session_id(request)
         messages = await session_manager().get(g.scoped(key, name))
         if messages is None:
@@ -139,7 +139,7 @@ def agent_routes(g: Gateway) -> list[tuple[str, Handler, list[str]]]:
         return _http.json_response({"id": name, "object": "session", "messages": messages})
 
     async def session_delete(request: Request) -> Response:
-        key = g.authenticate(request)
+        key = await g.authenticate(request)
         name = session_id(request)
         if not await session_manager().delete(g.scoped(key, name)):
             raise HTTPError(404, f"No session {name!r} for this API key.", code="not_found")
@@ -147,7 +147,7 @@ def agent_routes(g: Gateway) -> list[tuple[str, Handler, list[str]]]:
 
     # -- memory ---------------------------------------------------------------------------
     async def memory_list(request: Request) -> Response:
-        key = g.authenticate(request)
+        key = await g.authenticate(request)
         store = memory_store()
         namespace = request.path_params["namespace"]
         limit = _int_param(request, "limit", 100, 1, 1000)
@@ -172,7 +172,7 @@ def agent_routes(g: Gateway) -> list[tuple[str, Handler, list[str]]]:
             size += len(_http.dumps(metadata).encode("utf-8"))
         return size
 
-    def check_quota(key: Any, namespace: str, item: str | None, size: int) -> None:
+    async def check_quota(key: Any, namespace: str, item: str | None, size: int) -> None:
         if size > g.max_memory_entry_bytes:
             raise HTTPError(
                 413,
@@ -181,7 +181,7 @@ def agent_routes(g: Gateway) -> list[tuple[str, Handler, list[str]]]:
                 code="memory_entry_too_large",
             )
         exclude = None if item is None else (namespace, item)
-        used = g.keys.memory_used(key.id, exclude)
+        used = await g.keys_io(g.keys.memory_used, key.id, exclude)
         if used + size > g.memory_quota_bytes:
             raise HTTPError(
                 413,
@@ -192,33 +192,33 @@ def agent_routes(g: Gateway) -> list[tuple[str, Handler, list[str]]]:
             )
 
     async def memory_add(request: Request) -> Response:
-        key = g.authenticate(request)
+        key = await g.authenticate(request)
         store = memory_store()
         namespace = request.path_params["namespace"]
         body = await memory_body(request, {"text", "metadata"})
         size = entry_size(body)
-        check_quota(key, namespace, None, size)
+        await check_quota(key, namespace, None, size)
         await admit_write(key)
         new_key = await store.aput(
             g.scoped(key, namespace), body.get("text"), None, body.get("metadata")
         )
-        g.keys.memory_set(key.id, namespace, new_key, size)
+        await g.keys_io(g.keys.memory_set, key.id, namespace, new_key, size)
         return _http.json_response({"namespace": namespace, "key": new_key}, 201)
 
     async def memory_put(request: Request) -> Response:
-        key = g.authenticate(request)
+        key = await g.authenticate(request)
         store = memory_store()
         namespace, item_key = request.path_params["namespace"], request.path_params["key"]
         body = await memory_body(request, {"text", "metadata"})
         size = entry_size(body)
-        check_quota(key, namespace, item_key, size)
+        await check_quota(key, namespace, item_key, size)
         await admit_write(key)
         await store.aput(g.scoped(key, namespace), body.get("text"), item_key, body.get("metadata"))
-        g.keys.memory_set(key.id, namespace, item_key, size)
+        await g.keys_io(g.keys.memory_set, key.id, namespace, item_key, size)
         return _http.json_response({"namespace": namespace, "key": item_key})
 
     async def memory_get(request: Request) -> Response:
-        key = g.authenticate(request)
+        key = await g.authenticate(request)
         store = memory_store()
         namespace, item_key = request.path_params["namespace"], request.path_params["key"]
         item = await store.aget(g.scoped(key, namespace), item_key)
@@ -229,18 +229,18 @@ def agent_routes(g: Gateway) -> list[tuple[str, Handler, list[str]]]:
         return _http.json_response(_item(namespace, item))
 
     async def memory_delete(request: Request) -> Response:
-        key = g.authenticate(request)
+        key = await g.authenticate(request)
         store = memory_store()
         namespace, item_key = request.path_params["namespace"], request.path_params["key"]
         if not await store.adelete(g.scoped(key, namespace), item_key):
             raise HTTPError(
                 404, f"No memory entry {item_key!r} in {namespace!r}.", code="not_found"
             )
-        g.keys.memory_forget(key.id, namespace, item_key)
+        await g.keys_io(g.keys.memory_forget, key.id, namespace, item_key)
         return _http.json_response({"namespace": namespace, "key": item_key, "deleted": True})
 
     async def memory_search(request: Request) -> Response:
-        key = g.authenticate(request)
+        key = await g.authenticate(request)
         store = memory_store()
         namespace = request.path_params["namespace"]
         body = await memory_body(request, {"query", "k", "filter"})
@@ -257,7 +257,7 @@ def agent_routes(g: Gateway) -> list[tuple[str, Handler, list[str]]]:
 
     # -- jobs -----------------------------------------------------------------------------
     async def submit_job(request: Request) -> Response:
-        key = g.authenticate(request)
+        key = await g.authenticate(request)
         if not g.services.has_jobs:
             raise _not_configured("Background jobs (webhooks)")
         body = await g.read_json(request)
@@ -298,7 +298,7 @@ def agent_routes(g: Gateway) -> list[tuple[str, Handler, list[str]]]:
         return _http.json_response(payload, 202)
 
     async def get_job(request: Request) -> Response:
-        key = g.authenticate(request)
+        key = await g.authenticate(request)
         if not g.services.has_jobs:
             raise _not_configured("Background jobs (webhooks)")
         job_id = request.path_params["job_id"]

@@ -20,13 +20,14 @@ Routes (the full document is served at ``/openapi.json``)::
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import hmac
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -51,6 +52,7 @@ __all__ = ["Gateway", "create_app"]
 log = logging.getLogger("gonka_mux.gateway")
 
 Handler = Callable[[Request], Awaitable[Response]]
+T = TypeVar("T")
 DEFAULT_MAX_BODY = 16 * 1024 * 1024
 DEFAULT_BODY_TIMEOUT = 30.0
 DEFAULT_MEMORY_QUOTA = 64 * 1024 * 1024
@@ -139,8 +141,16 @@ class Gateway:
         """The body as a JSON object within the size and time limits (see ``_http.read_json``)."""
         return await _http.read_json(request, self.max_body_bytes, self.body_timeout)
 
+    async def keys_io(self, method: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """``method(*args, **kwargs)`` of the key store: on a worker thread for a store whose
+        queries may wait on the network (:attr:`KeyStore.blocking_io`, PostgreSQL), so the event
+        loop keeps serving; inline for SQLite (local, microseconds)."""
+        if self.keys.blocking_io:
+            return await asyncio.to_thread(method, *args, **kwargs)
+        return method(*args, **kwargs)
+
     # -- auth ------------------------------------------------------------------------------
-    def authenticate(self, request: Request) -> ApiKey:
+    async def authenticate(self, request: Request) -> ApiKey:
         token = _bearer(request)
         if token is None:
             raise HTTPError(
@@ -150,7 +160,7 @@ class Gateway:
                 code="missing_api_key",
                 headers={"WWW-Authenticate": "Bearer"},
             )
-        key = self.keys.verify(token)
+        key = await self.keys.averify(token)  # off the loop where the lookup may block
         if key is None:
             raise HTTPError(
                 401,
@@ -180,7 +190,7 @@ class Gateway:
 
     # -- OpenAI surface ---------------------------------------------------------------------
     async def chat_completions(self, request: Request) -> Response:
-        key = self.authenticate(request)
+        key = await self.authenticate(request)
         body = await self.read_json(request)
         _http.reject_forbidden(body)
         _http.require_model(body)
@@ -194,7 +204,7 @@ class Gateway:
         return self._relay(result, body, kwargs)
 
     async def completions(self, request: Request) -> Response:
-        key = self.authenticate(request)
+        key = await self.authenticate(request)
         body = await self.read_json(request)
         _http.reject_forbidden(body)
         _http.require_model(body)
@@ -206,7 +216,7 @@ class Gateway:
         return self._relay(result, body, kwargs)
 
     async def embeddings(self, request: Request) -> Response:
-        key = self.authenticate(request)
+        key = await self.authenticate(request)
         body = await self.read_json(request)
         _http.reject_forbidden(body)
         _http.require_model(body)
@@ -277,12 +287,12 @@ class Gateway:
         return _http.json_response(result, headers=headers)
 
     async def list_models(self, request: Request) -> Response:
-        self.authenticate(request)
+        await self.authenticate(request)
         page = await self.mux.models.list()
         return _http.json_response(page.model_dump())
 
     async def get_model(self, request: Request) -> Response:
-        self.authenticate(request)
+        await self.authenticate(request)
         wanted = request.path_params["model"]
         page = await self.mux.models.list()
         for model in page.data:

@@ -19,6 +19,7 @@ one from a path or a ``postgresql://`` URL.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import logging
@@ -133,6 +134,23 @@ class ApiKey:
         }
 
 
+def _key_id(plaintext: Any) -> str | None:
+    match = _KEY_RE.match(plaintext) if isinstance(plaintext, str) else None
+    return None if match is None else match.group(1)
+
+
+def _checked(plaintext: str, entry: tuple[str, ApiKey] | None) -> ApiKey | None:
+    """The key if ``plaintext`` hashes to its stored hash and it is active (constant time; an
+    unknown id is compared against a dummy hash, so that path costs the same)."""
+    if entry is None:
+        hmac.compare_digest(hash_key(plaintext), _DUMMY_HASH)
+        return None
+    stored, record = entry
+    if not hmac.compare_digest(hash_key(plaintext), stored):
+        return None
+    return record if record.active else None
+
+
 def _check_tier(tier: Any) -> str:
     if not isinstance(tier, str) or not _TIER_RE.match(tier):
         raise KeyStoreError(
@@ -239,28 +257,52 @@ class KeyStore:
             raise KeyNotFoundError(f"no API key with id {key_id!r}")
         return self.get(key_id)
 
+    #: Whether a lookup may wait on the network (a remote database): the gateway then runs the
+    #: store's queries on a worker thread, not on its event loop. SQLite's are local and short.
+    blocking_io = False
+
     def verify(self, plaintext: str) -> ApiKey | None:
         """The active key matching ``plaintext``, or None (unknown, malformed or revoked)."""
-        match = _KEY_RE.match(plaintext) if isinstance(plaintext, str) else None
-        if match is None:
+        key_id = _key_id(plaintext)
+        if key_id is None:
             return None
-        key_id = match.group(1)
         now = time.monotonic()
+        entry = self._cached(key_id, now)
+        if entry is None:
+            entry = self._remember(key_id, self._row(key_id), now)
+        return _checked(plaintext, entry)
+
+    async def averify(self, plaintext: str) -> ApiKey | None:
+        """:meth:`verify` for an event loop: a cached key is checked at once; a lookup of a
+        store with :attr:`blocking_io` (PostgreSQL) runs on a worker thread, so the loop keeps
+        serving the other requests while the database answers (or times out)."""
+        key_id = _key_id(plaintext)
+        if key_id is None:
+            return None
+        now = time.monotonic()
+        entry = self._cached(key_id, now)
+        if entry is None:
+            if self.blocking_io:
+                row = await asyncio.to_thread(self._row, key_id)
+            else:
+                row = self._row(key_id)
+            entry = self._remember(key_id, row, now)
+        return _checked(plaintext, entry)
+
+    def _cached(self, key_id: str, now: float) -> tuple[str, ApiKey] | None:
         cached = self._cache.get(key_id)
         if cached is not None and now - cached[0] < self.cache_ttl:
-            stored, record = cached[1], cached[2]
-        else:
-            row = self._row(key_id)
-            if row is None:
-                hmac.compare_digest(hash_key(plaintext), _DUMMY_HASH)
-                return None
-            stored, record = row
+            return cached[1], cached[2]
+        return None
+
+    def _remember(
+        self, key_id: str, row: tuple[str, ApiKey] | None, now: float
+    ) -> tuple[str, ApiKey] | None:
+        if row is not None:
             if len(self._cache) > 10_000:
                 self._cache.clear()
-            self._cache[key_id] = (now, stored, record)
-        if not hmac.compare_digest(hash_key(plaintext), stored):
-            return None
-        return record if record.active else None
+            self._cache[key_id] = (now, row[0], row[1])
+        return row
 
     def _row(self, key_id: str) -> tuple[str, ApiKey] | None:
         with self._lock:
@@ -364,11 +406,14 @@ class PostgresKeyStore(KeyStore):
     (0.5 by default: a verified key is cached that long, so a busy key costs one query per
     ``cache_ttl`` rather than one per request). When the database cannot be reached, operations
     raise :class:`~gonka_mux.StoreUnavailableError` (whose message never holds the password)
-    after waiting at most ``timeout`` seconds for a connection: lookups are synchronous, and a
-    gateway's event loop waits with them, so this is kept short. The connection pool is the
-    process's shared one for ``url`` (``gonka_mux._postgres``), so :meth:`close` leaves it open
-    for the other stores on the same database.
+    after waiting at most ``timeout`` seconds for a connection. The methods are synchronous; the
+    gateway calls them on a worker thread (:meth:`averify`, :attr:`blocking_io`), so a slow
+    or unreachable database holds up only the requests that need it, not the event loop. The
+    connection pool is the process's shared one for ``url`` (``gonka_mux._postgres``), so
+    :meth:`close` leaves it open for the other stores on the same database.
     """
+
+    blocking_io = True
 
     def __init__(
         self, url: str, *, cache_ttl: float = DEFAULT_PG_CACHE_TTL, timeout: float = 2.0
