@@ -1,4 +1,4 @@
-"""A lighter send to an endpoint, for the gateway's relay (``execute(relay=True)``).
+"""A lighter send to an endpoint, for the gateway's relay (``mux.chat.completions.relay``).
 
 openai's ``client.post`` rebuilds the same request on every call: it copies the options twice,
 merges and validates headers, re-parses the URL and wraps the send in its retry loop (the
@@ -10,6 +10,14 @@ such as Gonka request signing, still apply). What comes back is what ``client.po
 the same openai error for a 4xx/5xx, ``APITimeoutError``/``APIConnectionError`` for the
 transport, the same response class or stream class (a reply is validated by pydantic, which is
 fast, and built leniently as openai does only when it does not conform).
+
+Where the HTTP client is the Multiplexer's own shared one, plain (no auth, hooks, cookies, proxy
+or connection cap: see ``_wire.target_for``), the request does not go through httpx2 at all but
+on ``_wire``'s HTTP/1.1 connections (httpx2 and httpcore2 were ~40% of the gateway's CPU per
+relayed stream): the same bytes on the wire, the same results and errors (``_wire`` raises
+httpx2's exception classes, converted here as httpx2's are), the body of a stream handed to
+:class:`~gonka_mux._raw_stream.RawSSEStream` as it is read. A stream asked for as chunk objects
+(openai's own stream class) and a redirect (httpx2 follows it by its rules) go by httpx2.
 
 Only plain clients qualify (see :func:`direct_hop`): openai 3.x's ``AsyncOpenAI`` with no SDK
 retries, no hook that changes requests per call (an overridden ``_prepare_request`` or

@@ -15,6 +15,10 @@ events before it were handed on), ``[DONE]`` ends the stream (the rest of an HTT
 drained so the connection is reused), transport timeouts and errors become openai's
 ``APITimeoutError`` / ``APIConnectionError``, and the response is closed however it ends.
 Events that carry no data (comments, keep-alives) are dropped, as the object path drops them.
+
+The relay hop (``_hop``) may hand it a ``_wire.WireResponse`` instead of an httpx2 response (the
+same ``aiter_bytes``/``aclose``/``request``, httpx2's exception classes); after ``[DONE]`` its own
+``drain`` replaces openai's (no anyio cancel scopes for a body that is usually already read).
 """
 
 from __future__ import annotations
