@@ -246,10 +246,8 @@ class _Conn(asyncio.Protocol):
             return False
         if self.fd >= 0:  # EOF (or anything) waiting on an idle socket: the server closed it
             try:
-                readable, _, _ = select.select([self.fd], [], [], 0)
+                return not _readable(self.fd)
             except (OSError, ValueError):
-                return False
-            if readable:
                 return False
         return True
 
@@ -257,6 +255,17 @@ class _Conn(asyncio.Protocol):
         self.lost = True
         if self.transport is not None:
             self.transport.abort()
+
+
+def _readable(fd: int) -> bool:
+    """Whether ``fd`` has something to read (or hung up), without waiting. poll(), where there
+    is one: select() refuses descriptors past 1023, which a busy gateway has."""
+    if hasattr(select, "poll"):
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(0))
+    readable, _, _ = select.select([fd], [], [], 0)
+    return bool(readable)
 
 
 def _expire(waiter: asyncio.Future[bool]) -> None:

@@ -638,3 +638,30 @@ async def test_the_callers_deadline_ends_a_wire_request_as_it_ends_an_sdk_one():
             assert backend.open_connections == 0
         finally:
             await mux.aclose()
+
+
+async def test_connections_past_descriptor_1023_are_reused():
+    """select() refuses descriptors past 1023; a busy gateway has them, and its pooled
+    connections must still be checked and reused."""
+    import os
+    import resource
+
+    soft, _ = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < 1200:
+        pytest.skip(f"needs 1200 open files (RLIMIT_NOFILE is {soft})")
+    with FakeBackend(name="a", models=["m"]) as backend:
+        filler = [os.open(os.devnull, os.O_RDONLY) for _ in range(1100)]
+        try:
+            async with plain_client(backend.url) as client:
+                hop = await hop_of(client)
+                pool = pool_of(hop)
+                assert (await hop.post(CONTENT, timeout(), ChatCompletion)).choices
+                (conn,) = pool._idle[hop.wire.key]
+                assert conn.fd > 1023
+                for _ in range(2):
+                    assert (await hop.post(CONTENT, timeout(), ChatCompletion)).choices
+                    assert pool._idle[hop.wire.key] == [conn]  # the same connection again
+                assert backend.open_connections == 1
+        finally:
+            for fd in filler:
+                os.close(fd)
