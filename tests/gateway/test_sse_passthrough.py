@@ -292,9 +292,11 @@ async def test_the_relay_hop_sends_the_sdks_request_and_raises_its_errors():
                 CHAT, dict(params), {}, CallOptions(), stream=False, relay=True
             )
             (endpoint,) = core.endpoints.values()
-            assert isinstance(
-                endpoint.client.__dict__["_gonka_mux_hops"]["/chat/completions"], DirectHop
-            )
+            hop = endpoint.client.__dict__["_gonka_mux_hops"]["/chat/completions"]
+            if int(openai.__version__.split(".")[0]) >= 3:
+                assert isinstance(hop, DirectHop)
+            else:  # openai 2.x: no hop, the SDK's own client.post (the same results below)
+                assert hop is None
             assert type(via_hop) is type(via_sdk)
             assert via_hop.choices[0].message.content == "via hop"
             sdk_request, hop_request = backend.requests[-2:]
