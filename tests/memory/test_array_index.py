@@ -138,3 +138,9 @@ def test_memory_is_bounded_by_dropping_the_least_recently_searched(tmp_path: Pat
     assert sum(held.values()) <= 250 and len(held) == 2  # b, searched least recently, went
     assert len(store.search("b", "number7", k=3)) == 1  # reloaded on demand, still right
     store.close()
+
+
+@pytest.mark.parametrize("bad", [0, -5, "100", 1.5, None])
+def test_a_bad_entry_bound_is_a_typed_error(tmp_path: Path, bad: object) -> None:
+    with pytest.raises(store_module.InvalidMemoryInput, match="numpy_max_entries"):
+        MemoryStore(tmp_path / "m.sqlite3", numpy_max_entries=bad)

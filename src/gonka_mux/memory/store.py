@@ -223,6 +223,10 @@ class MemoryStore:
             raise MemoryStoreError(
                 "use_fts5=True but this Python's SQLite has no FTS5; pass use_fts5=None."
             )
+        if not isinstance(numpy_max_entries, int) or numpy_max_entries < 1:
+            raise InvalidMemoryInput(
+                f"numpy_max_entries must be a positive int, not {numpy_max_entries!r}."
+            )
         self._arrays = _array_index(use_numpy, numpy_max_entries)
         self._arrays_seq = 0  # the last change applied to self._arrays
         self._fallback: FallbackIndex | None = (
@@ -845,7 +849,7 @@ def _array_index(use_numpy: bool | None, max_entries: int) -> Any:
                 "use_numpy=True but numpy is not installed: pip install 'gonka-mux[memory]'."
             ) from None
         return None
-    return ArrayIndex(max_slots=max(1, int(max_entries)))
+    return ArrayIndex(max_slots=max_entries)
 
 
 def _log_change(conn: sqlite3.Connection, ns: int, doc: int) -> None:
