@@ -109,8 +109,9 @@ class _Conn(asyncio.Protocol):
             return
         try:
             self.parser.feed_data(data)
-        except httptools.HttpParserError as exc:
-            self.error = httpx2.RemoteProtocolError(f"invalid HTTP response: {exc}")
+        except (httptools.HttpParserError, httptools.HttpParserUpgrade) as exc:
+            # (an upgrade, 101, is nothing a POST for a completion should get)
+            self.error = httpx2.RemoteProtocolError(f"invalid HTTP response: {exc!r}")
             self.abort()
         self._wake()
 
@@ -140,7 +141,7 @@ class _Conn(asyncio.Protocol):
             self.keep_alive = False
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        if self.complete:
+        if self.complete or self.headers_done:  # trailers of a chunked body are not headers
             return
         self.headers.append((name, value))
         lower = name.lower()

@@ -665,3 +665,33 @@ async def test_connections_past_descriptor_1023_are_reused():
         finally:
             for fd in filler:
                 os.close(fd)
+
+
+async def test_a_malformed_response_is_a_connection_error_and_trailers_are_not_headers():
+    body = completion("trailed")
+    answers = iter(
+        [
+            [b"NOT HTTP AT ALL\r\n\r\n"],
+            [
+                b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\n"
+                b"connection: upgrade\r\n\r\n"
+            ],
+            [
+                b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n"
+                b"transfer-encoding: chunked\r\ntrailer: x-request-id\r\n\r\n"
+                b"%x\r\n%s\r\n0\r\nx-request-id: from-trailer\r\n\r\n" % (len(body), body)
+            ],
+        ]
+    )
+    async with raw_server(lambda _: next(answers)) as url, plain_client(url) as client:
+        hop = await hop_of(client)
+        pool = pool_of(hop)
+        for _ in range(2):
+            with pytest.raises(openai.APIConnectionError) as caught:
+                await hop.post(CONTENT, timeout(), ChatCompletion)
+            assert type(caught.value) is openai.APIConnectionError
+            assert pool.idle_connections == 0
+        reply = await hop.post(CONTENT, timeout(), ChatCompletion)
+        assert reply.choices[0].message.content == "trailed"
+        assert reply._request_id is None  # a trailer is not a header
+        assert pool.idle_connections == 1
