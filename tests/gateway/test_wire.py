@@ -695,3 +695,29 @@ async def test_a_malformed_response_is_a_connection_error_and_trailers_are_not_h
         assert reply.choices[0].message.content == "trailed"
         assert reply._request_id is None  # a trailer is not a header
         assert pool.idle_connections == 1
+
+
+async def test_a_request_the_server_does_not_read_ends_at_the_write_timeout():
+    accepted: list[asyncio.StreamWriter] = []
+
+    async def never_read(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(writer)  # holds the connection open, reads nothing
+
+    server = await asyncio.start_server(never_read, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    big = b'{"model": "m", "messages": [], "pad": "' + b"x" * (48 << 20) + b'"}'
+    try:
+        async with plain_client(f"http://127.0.0.1:{port}/v1") as client:
+            hop = await hop_of(client)
+            pool = pool_of(hop)
+            for send in (hop.post, lambda *a: via_httpx2(hop, *a)):
+                t0 = time.monotonic()
+                with pytest.raises(openai.APITimeoutError) as caught:
+                    await send(big, timeout(read=0.5), ChatCompletion)
+                assert time.monotonic() - t0 < 5
+                assert isinstance(caught.value.__cause__, httpx2.WriteTimeout)
+            assert pool.idle_connections == 0
+    finally:
+        for writer in accepted:
+            writer.close()
+        server.close()
