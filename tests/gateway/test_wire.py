@@ -721,3 +721,33 @@ async def test_a_request_the_server_does_not_read_ends_at_the_write_timeout():
         for writer in accepted:
             writer.close()
         server.close()
+
+
+async def test_a_connect_that_hangs_ends_at_the_connect_timeout():
+    # a listening socket whose accept queue is full: the kernel leaves new SYNs unanswered
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    fillers = []
+    for _ in range(4):
+        filler = socket.socket()
+        filler.setblocking(False)
+        with contextlib.suppress(BlockingIOError):
+            filler.connect(("127.0.0.1", port))
+        fillers.append(filler)
+    await asyncio.sleep(0.1)
+    try:
+        async with plain_client(f"http://127.0.0.1:{port}/v1") as client:
+            hop = await hop_of(client)
+            pool_of(hop)
+            for send in (hop.post, lambda *a: via_httpx2(hop, *a)):
+                t0 = time.monotonic()
+                with pytest.raises(openai.APITimeoutError) as caught:
+                    await send(CONTENT, timeout(read=5, connect=0.3), ChatCompletion)
+                assert 0.25 < time.monotonic() - t0 < 3
+                assert isinstance(caught.value.__cause__, httpx2.ConnectTimeout)
+    finally:
+        for filler in fillers:
+            filler.close()
+        listener.close()
