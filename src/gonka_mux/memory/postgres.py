@@ -56,7 +56,6 @@ from gonka_mux.memory.hybrid import (
 )
 from gonka_mux.memory.maxscore import NamespaceStats, top_k
 from gonka_mux.memory.store import (
-    _SCALAR,
     InvalidMemoryInput,
     MemoryHit,
     MemoryItem,
@@ -65,6 +64,7 @@ from gonka_mux.memory.store import (
     _check_key,
     _check_namespace,
     _check_query,
+    _filter_items,
 )
 from gonka_mux.sessions.postgres import pg_unavailable
 
@@ -820,23 +820,9 @@ def _predicate(node: Node, skip: Sequence[str], probes: dict[str, str]) -> str:
 
 def _filter_sql(filter: Mapping[str, Any] | None) -> tuple[str, builtins.list[Any]]:
     """Equality on metadata values (jsonb: true is not 1; the SQLite store compares alike)."""
-    if not filter:
-        return "", []
-    if not isinstance(filter, Mapping):
-        raise InvalidMemoryInput(
-            f"filter must be a mapping of metadata key to value, not {type(filter).__name__}."
-        )
-    clauses, params = [], []
-    for key, value in filter.items():
-        if not isinstance(key, str) or '"' in key or "\\" in key:
-            raise InvalidMemoryInput(
-                f"filter key {key!r} must be a string without quotes or backslashes."
-            )
-        if not isinstance(value, _SCALAR):
-            raise InvalidMemoryInput(
-                f"filter value for {key!r} must be a str, int, float, bool or None "
-                f"(equality match), not {type(value).__name__}."
-            )
+    clauses: builtins.list[str] = []
+    params: builtins.list[Any] = []
+    for key, value in _filter_items(filter):
         if value is None:  # as json_extract: a missing key and a JSON null both match
             clauses.append(" AND coalesce(e.metadata -> %s, 'null'::jsonb) = 'null'::jsonb")
             params.append(key)

@@ -879,14 +879,15 @@ def _fts_body(ns: int, tokens: Iterable[str]) -> str:
     return " ".join(f"{ns}x{t}" for t in dict.fromkeys(tokens))
 
 
-def _filter_sql(filter: Mapping[str, Any] | None) -> tuple[str, builtins.list[Any]]:
+def _filter_items(filter: Mapping[str, Any] | None) -> builtins.list[tuple[str, Any]]:
+    """A metadata filter's ``(key, scalar value)`` pairs, validated (both stores' SQL quotes
+    neither keys with quotes or backslashes nor non-scalar values)."""
     if not filter:
-        return "", []
+        return []
     if not isinstance(filter, Mapping):
         raise InvalidMemoryInput(
             f"filter must be a mapping of metadata key to value, not {type(filter).__name__}."
         )
-    clauses, params = [], []
     for key, value in filter.items():
         if not isinstance(key, str) or '"' in key or "\\" in key:
             raise InvalidMemoryInput(
@@ -897,6 +898,13 @@ def _filter_sql(filter: Mapping[str, Any] | None) -> tuple[str, builtins.list[An
                 f"filter value for {key!r} must be a str, int, float, bool or None "
                 f"(equality match), not {type(value).__name__}."
             )
+    return list(filter.items())
+
+
+def _filter_sql(filter: Mapping[str, Any] | None) -> tuple[str, builtins.list[Any]]:
+    clauses: builtins.list[str] = []
+    params: builtins.list[Any] = []
+    for key, value in _filter_items(filter):
         path = f'$."{key}"'
         # JSON types are compared too, as PostgreSQL's jsonb does: json_extract() turns true
         # into 1, which must not match a filter value of 1 (nor True a stored 1), and a stored
