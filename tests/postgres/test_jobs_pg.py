@@ -308,7 +308,8 @@ CHILD = textwrap.dedent(
         async def execute(params):
             await asyncio.Event().wait()  # never finishes: the process is killed first
 
-        runner = JobRunner(store, execute, lease=1.0, poll_interval=0.05)
+        # A 3 s lease, renewed each second: a child stalled by a busy machine keeps its job.
+        runner = JobRunner(store, execute, lease=3.0, poll_interval=0.05)
         job = await runner.submit({"n": 7}, webhook_url=hook, webhook_secret=secret)
         while store.get_job(job.id).status is not JobStatus.RUNNING:
             await asyncio.sleep(0.01)
@@ -330,7 +331,7 @@ async def test_a_job_whose_runner_is_killed_is_finished_by_another_and_announced
         ran.append("survivor")
         return {"n": params["n"], "by": "survivor"}
 
-    options = {"delivery_policy": FAST, "poll_interval": 0.05, "lease": 1.0}
+    options = {"delivery_policy": FAST, "poll_interval": 0.05, "lease": 3.0}
     # The environment carries the shared secret key (KEY_ENV) to the child, as to another host.
     child = await asyncio.create_subprocess_exec(
         sys.executable, "-c", CHILD, postgres_url, receiver.url, SECRET,
@@ -344,8 +345,8 @@ async def test_a_job_whose_runner_is_killed_is_finished_by_another_and_announced
             assert child.stdout is not None
             line = await asyncio.wait_for(child.stdout.readline(), timeout=60)
             job_id = json.loads(line)["job"]
-            # The child renews its lease: for several lease periods nobody else takes the job.
-            await asyncio.sleep(3.0)
+            # The child renews its lease: for longer than a lease nobody else takes the job.
+            await asyncio.sleep(4.5)
             assert ran == []
             assert first.get(job_id).status is JobStatus.RUNNING
         finally:

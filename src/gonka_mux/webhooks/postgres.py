@@ -54,6 +54,7 @@ from gonka_mux.webhooks.store import (
     _dumps,
     _job_from_row,
     _SecretBox,
+    _SqlJobReads,
 )
 
 __all__ = ["KEY_ENV", "PostgresJobStore"]
@@ -154,11 +155,14 @@ def _key_from_file(path: Path) -> bytes:
     return key
 
 
-class PostgresJobStore:
+class PostgresJobStore(_SqlJobReads):
     """Jobs and deliveries in PostgreSQL (tables ``gonka_mux_jobs``, ``gonka_mux_job_deliveries``),
     through the process's connection pool for ``url``. See the module docstring for the key."""
 
     shared = True
+    _JOBS_TABLE = _JOBS
+    _DELIVERIES_TABLE = _DELIVERIES
+    _MARK = "%s"
 
     def __init__(
         self,
@@ -270,16 +274,6 @@ class PostgresJobStore:
         except psycopg.errors.UniqueViolation:
             raise JobStoreError(f"job {job.id!r} already exists") from None
 
-    def get_job(self, job_id: str) -> Job | None:
-        rows = self._query(f"SELECT {_JOB_COLUMNS} FROM {_JOBS} WHERE id = %s", (job_id,))
-        return self._job(rows[0]) if rows else None
-
-    def _require(self, job_id: str) -> Job:
-        job = self.get_job(job_id)
-        if job is None:
-            raise JobNotFoundError(f"no job {job_id!r} in the store")
-        return job
-
     def mark_running(self, job_id: str, now: float) -> Job:
         with self._transaction() as conn:
             row = conn.execute(
@@ -337,46 +331,6 @@ class PostgresJobStore:
                     ),
                 )
         return self._job(row)
-
-    def unfinished_jobs(self) -> list[Job]:
-        rows = self._query(
-            f"SELECT {_JOB_COLUMNS} FROM {_JOBS} WHERE status IN (%s, %s) ORDER BY created_at",
-            _UNFINISHED,
-        )
-        return [self._job(r) for r in rows]
-
-    def list_jobs(self, status: JobStatus | None = None, limit: int | None = None) -> list[Job]:
-        sql = f"SELECT {_JOB_COLUMNS} FROM {_JOBS}"
-        args: tuple[Any, ...] = ()
-        if status is not None:
-            sql += " WHERE status = %s"
-            args = (JobStatus(status).value,)
-        sql += " ORDER BY created_at DESC"
-        if limit is not None:
-            sql += " LIMIT %s"
-            args = (*args, int(limit))
-        return [self._job(r) for r in self._query(sql, args)]
-
-    def get_delivery(self, delivery_id: str) -> Delivery | None:
-        rows = self._query(
-            f"SELECT {_DELIVERY_COLUMNS} FROM {_DELIVERIES} WHERE id = %s", (delivery_id,)
-        )
-        return _delivery_from_row(rows[0]) if rows else None
-
-    def deliveries_for(self, job_id: str) -> list[Delivery]:
-        rows = self._query(
-            f"SELECT {_DELIVERY_COLUMNS} FROM {_DELIVERIES} WHERE job_id = %s ORDER BY created_at",
-            (job_id,),
-        )
-        return [_delivery_from_row(r) for r in rows]
-
-    def pending_deliveries(self) -> list[Delivery]:
-        rows = self._query(
-            f"SELECT {_DELIVERY_COLUMNS} FROM {_DELIVERIES} WHERE status = %s "
-            "ORDER BY next_attempt_at",
-            (_PENDING,),
-        )
-        return [_delivery_from_row(r) for r in rows]
 
     def update_delivery(self, delivery: Delivery) -> None:
         with self._transaction() as conn:

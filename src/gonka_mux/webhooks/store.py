@@ -599,11 +599,86 @@ def _create_private_file(path: Path) -> None:
     os.close(fd)
 
 
-class SQLiteJobStore(_SingleRunnerClaims):
+class _SqlJobReads:
+    """The read queries the SQL job stores share. Each store names its tables and its
+    parameter marker (``?`` for sqlite3, ``%s`` for psycopg) and provides ``_query`` (rows of a
+    SELECT) and ``_job`` (a job from a row)."""
+
+    _JOBS_TABLE: str
+    _DELIVERIES_TABLE: str
+    _MARK: str
+
+    def _query(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        raise NotImplementedError
+
+    def _job(self, row: tuple[Any, ...]) -> Job:
+        raise NotImplementedError
+
+    def get_job(self, job_id: str) -> Job | None:
+        rows = self._query(
+            f"SELECT {_JOB_COLUMNS} FROM {self._JOBS_TABLE} WHERE id = {self._MARK}", (job_id,)
+        )
+        return self._job(rows[0]) if rows else None
+
+    def _require(self, job_id: str) -> Job:
+        job = self.get_job(job_id)
+        if job is None:
+            raise JobNotFoundError(f"no job {job_id!r} in the store")
+        return job
+
+    def unfinished_jobs(self) -> list[Job]:
+        rows = self._query(
+            f"SELECT {_JOB_COLUMNS} FROM {self._JOBS_TABLE} "
+            f"WHERE status IN ({self._MARK}, {self._MARK}) ORDER BY created_at",
+            (JobStatus.QUEUED.value, JobStatus.RUNNING.value),
+        )
+        return [self._job(r) for r in rows]
+
+    def list_jobs(self, status: JobStatus | None = None, limit: int | None = None) -> list[Job]:
+        sql = f"SELECT {_JOB_COLUMNS} FROM {self._JOBS_TABLE}"
+        args: tuple[Any, ...] = ()
+        if status is not None:
+            sql += f" WHERE status = {self._MARK}"
+            args = (JobStatus(status).value,)
+        sql += " ORDER BY created_at DESC"
+        if limit is not None:
+            sql += f" LIMIT {self._MARK}"
+            args = (*args, int(limit))
+        return [self._job(r) for r in self._query(sql, args)]
+
+    def get_delivery(self, delivery_id: str) -> Delivery | None:
+        rows = self._query(
+            f"SELECT {_DELIVERY_COLUMNS} FROM {self._DELIVERIES_TABLE} WHERE id = {self._MARK}",
+            (delivery_id,),
+        )
+        return _delivery_from_row(rows[0]) if rows else None
+
+    def deliveries_for(self, job_id: str) -> list[Delivery]:
+        rows = self._query(
+            f"SELECT {_DELIVERY_COLUMNS} FROM {self._DELIVERIES_TABLE} "
+            f"WHERE job_id = {self._MARK} ORDER BY created_at",
+            (job_id,),
+        )
+        return [_delivery_from_row(r) for r in rows]
+
+    def pending_deliveries(self) -> list[Delivery]:
+        rows = self._query(
+            f"SELECT {_DELIVERY_COLUMNS} FROM {self._DELIVERIES_TABLE} "
+            f"WHERE status = {self._MARK} ORDER BY next_attempt_at",
+            (DeliveryStatus.PENDING.value,),
+        )
+        return [_delivery_from_row(r) for r in rows]
+
+
+class SQLiteJobStore(_SqlJobReads, _SingleRunnerClaims):
     """Jobs and deliveries in a SQLite file (standard library ``sqlite3``), safe across threads.
 
     ``path=None`` uses :func:`default_jobs_path`; ``":memory:"`` keeps everything in memory.
     """
+
+    _JOBS_TABLE = "jobs"
+    _DELIVERIES_TABLE = "deliveries"
+    _MARK = "?"
 
     def __init__(self, path: str | os.PathLike[str] | None = None, *, durable: bool = True) -> None:
         self.path = Path(default_jobs_path() if path is None else path)
@@ -697,16 +772,6 @@ class SQLiteJobStore(_SingleRunnerClaims):
         except sqlite3.IntegrityError:
             raise JobStoreError(f"job {job.id!r} already exists") from None
 
-    def get_job(self, job_id: str) -> Job | None:
-        rows = self._query(f"SELECT {_JOB_COLUMNS} FROM jobs WHERE id = ?", (job_id,))
-        return self._job(rows[0]) if rows else None
-
-    def _require(self, job_id: str) -> Job:
-        job = self.get_job(job_id)
-        if job is None:
-            raise JobNotFoundError(f"no job {job_id!r} in the store")
-        return job
-
     def mark_running(self, job_id: str, now: float) -> Job:
         with self._transaction() as db:
             changed = db.execute(
@@ -755,45 +820,6 @@ class SQLiteJobStore(_SingleRunnerClaims):
                     ),
                 )
         return self._require(job_id)
-
-    def unfinished_jobs(self) -> list[Job]:
-        rows = self._query(
-            f"SELECT {_JOB_COLUMNS} FROM jobs WHERE status IN (?, ?) ORDER BY created_at",
-            (JobStatus.QUEUED.value, JobStatus.RUNNING.value),
-        )
-        return [self._job(r) for r in rows]
-
-    def list_jobs(self, status: JobStatus | None = None, limit: int | None = None) -> list[Job]:
-        sql = f"SELECT {_JOB_COLUMNS} FROM jobs"
-        args: tuple[Any, ...] = ()
-        if status is not None:
-            sql += " WHERE status = ?"
-            args = (JobStatus(status).value,)
-        sql += " ORDER BY created_at DESC"
-        if limit is not None:
-            sql += " LIMIT ?"
-            args = (*args, int(limit))
-        return [self._job(r) for r in self._query(sql, args)]
-
-    def get_delivery(self, delivery_id: str) -> Delivery | None:
-        rows = self._query(
-            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE id = ?", (delivery_id,)
-        )
-        return _delivery_from_row(rows[0]) if rows else None
-
-    def deliveries_for(self, job_id: str) -> list[Delivery]:
-        rows = self._query(
-            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE job_id = ? ORDER BY created_at",
-            (job_id,),
-        )
-        return [_delivery_from_row(r) for r in rows]
-
-    def pending_deliveries(self) -> list[Delivery]:
-        rows = self._query(
-            f"SELECT {_DELIVERY_COLUMNS} FROM deliveries WHERE status = ? ORDER BY next_attempt_at",
-            (DeliveryStatus.PENDING.value,),
-        )
-        return [_delivery_from_row(r) for r in rows]
 
     def update_delivery(self, delivery: Delivery) -> None:
         with self._transaction() as db:
