@@ -751,3 +751,12 @@ async def test_a_connect_that_hangs_ends_at_the_connect_timeout():
         for filler in fillers:
             filler.close()
         listener.close()
+
+
+async def test_an_endpoint_httpx2_would_send_through_a_mount_keeps_httpx2():
+    """A mounted transport for the URL (how httpx2 routes to a proxy) is httpx2's to use."""
+    from httpx2._utils import URLPattern
+
+    async with plain_client("http://10.0.0.7:8000/v1") as client:
+        client._client._mounts = {URLPattern("http://"): httpx2.AsyncHTTPTransport()}
+        assert (await hop_of(client)).wire is None
