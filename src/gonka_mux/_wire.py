@@ -48,7 +48,6 @@ __all__ = ["WirePool", "WireResponse", "WireTarget", "target_for"]
 _HIGH_WATER = 1 << 20
 #: How long :meth:`WireResponse.drain` reads the rest of a finished stream (openai's value).
 _DRAIN_TIMEOUT = 0.1
-_REDIRECTS = frozenset({301, 302, 303, 307, 308})
 
 Key = tuple[bytes, str, int]  # (scheme, host, port)
 
@@ -299,6 +298,7 @@ class WirePool:
                 conn = idle.pop()  # the most recently used first: the likeliest to be alive
                 if conn.reusable(now, self._expiry, loop):
                     return conn
+                log.debug("not reusing a pooled connection to %s:%d (closed or expired)", *key[1:])
                 conn.abort()
         return await self._connect(key, connect_timeout)
 
