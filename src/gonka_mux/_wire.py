@@ -403,16 +403,19 @@ class WireTarget:
     def usable(self) -> bool:
         """Still the plain client it was (checked per call: hooks and cookies may be added)."""
         http = self.http
-        hooks = http._event_hooks
-        return not (
-            http.is_closed
-            or self.pool.closed
-            or http._transport is not self.router
-            or http._auth is not None
-            or hooks["request"]
-            or hooks["response"]
-            or http.cookies
-        )
+        try:
+            hooks = http._event_hooks
+            return not (
+                http.is_closed
+                or self.pool.closed
+                or http._transport is not self.router
+                or http._auth is not None
+                or hooks["request"]
+                or hooks["response"]
+                or http.cookies
+            )
+        except (AttributeError, KeyError, TypeError):  # an httpx2 laid out differently
+            return False
 
     async def send(self, content: bytes, extra: bytes, timeout: Any) -> tuple[_Conn, float | None]:
         """Send one POST; the connection, its response headers read, and the read timeout."""
