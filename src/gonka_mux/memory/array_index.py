@@ -19,8 +19,9 @@ its first search (vectorised: ~1 s per 100k entries of ~30 words) and keeps it i
 ``memory_changes`` log every writer appends to. An entry rewritten or deleted leaves a dead
 slot behind (masked out of every result); the store reloads a namespace whose dead slots
 outnumber its live ones. Memory: ~45 MB held per 100k entries of ~30 words (8 bytes per distinct
-word per entry, plus the per-entry and per-word bookkeeping); a load peaks ~150 MB above that,
-most of which the allocator keeps for the process's later use.
+word per entry, plus the per-entry and per-word bookkeeping); a load's temporary arrays take
+~150 MB more, which the C allocator keeps for the process's later use (resident memory grows by
+~180 MB at the first load, not again at the next ones of that size).
 """
 
 from __future__ import annotations
