@@ -186,6 +186,27 @@ class _PoolRouter:
             await transport.aclose()
 
 
+def _environment_proxies(httpx: Any, router: _PoolRouter) -> dict[str, Any]:
+    """The mounts an HTTP client makes for ``HTTP_PROXY``/``HTTPS_PROXY``/``ALL_PROXY`` (a
+    transport through the proxy) and ``NO_PROXY`` (None: the router) when it builds its own
+    transport, as the SDK's default client does. Given a transport, httpx and httpx2 skip the
+    environment, which would send every endpoint built from a URL around a proxy the user set.
+    Proxied requests go through httpx's own proxy transport (on the router's SSL context and
+    limits); the relay hop's wire client leaves them to it (``_wire.target_for``)."""
+    try:
+        from importlib import import_module
+
+        proxies = import_module(f"{httpx.__name__}._utils").get_environment_proxies()
+    except (ImportError, AttributeError):  # another layout of the library: as before
+        return {}
+    return {
+        pattern: None
+        if url is None
+        else httpx.AsyncHTTPTransport(proxy=url, verify=router._ssl_context, limits=router._limits)
+        for pattern, url in proxies.items()
+    }
+
+
 def _unused(transport: Any) -> bool:
     pool = getattr(transport, "_pool", None)
     requests = getattr(pool, "_requests", None)
@@ -248,9 +269,11 @@ class ClientFactory:
                 keepalive_expiry=expiry,
             )
             router = _router_class(httpx)(httpx, limits, per_endpoint=pools == "endpoint")
-            # The SDK's own client class and defaults (timeout, redirects; proxies from the
-            # environment are mounted by the client as usual); only the transport is ours.
-            http = openai.DefaultAsyncHttpxClient(transport=router)
+            # The SDK's own client class and defaults (timeout, redirects); only the transport
+            # is ours, plus the environment's proxies, which a client given a transport skips.
+            http = openai.DefaultAsyncHttpxClient(
+                transport=router, mounts=_environment_proxies(httpx, router) or None
+            )
             self._per_endpoint = pools == "endpoint"
             self._router, self._http = router, http
             if self._closers is not None:
