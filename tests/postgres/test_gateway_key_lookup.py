@@ -77,3 +77,39 @@ async def test_a_key_lookup_waiting_on_postgres_does_not_block_the_loop(postgres
         finally:
             await mux.aclose()
             store.close()
+
+
+async def test_a_burst_of_one_keys_requests_shares_one_lookup(postgres_url: str) -> None:
+    """40 requests with one uncached key while the database is slow: one query, all answered;
+    a request that gives up meanwhile does not cancel the others' lookup."""
+    store = PostgresKeyStore(postgres_url, timeout=5.0)
+    record, plaintext = store.create(tier="default")
+    _, other = store.create(tier="default")
+    queries: list[str] = []
+    row = store._row
+
+    def counted(key_id: str):  # the real query, counted
+        queries.append(key_id)
+        return row(key_id)
+
+    store._row = counted  # type: ignore[method-assign]
+    lock = _lock_keys_table(postgres_url)
+    release = threading.Timer(HOLD, lock.commit)
+    release.start()
+    try:
+        impatient = asyncio.create_task(store.averify(plaintext))
+        burst = [asyncio.create_task(store.averify(plaintext)) for _ in range(40)]
+        burst.append(asyncio.create_task(store.averify(other)))  # another key: its own query
+        await asyncio.sleep(0.2)
+        impatient.cancel()
+        results = await asyncio.gather(*burst)
+    finally:
+        release.join()
+        lock.close()
+    assert [r.id for r in results[:40]] == [record.id] * 40 and results[40] is not None
+    assert sorted(queries) == sorted([record.id, results[40].id])
+    assert store._lookups == {}
+    # (an entry is stamped when its lookup began, so the slow one is already stale)
+    assert (await store.averify(plaintext)).id == record.id and len(queries) == 3
+    assert (await store.averify(plaintext)).id == record.id and len(queries) == 3  # cached
+    store.close()

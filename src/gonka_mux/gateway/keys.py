@@ -192,6 +192,7 @@ class KeyStore:
             self._conn.executescript(_SCHEMA)
         self.cache_ttl = cache_ttl
         self._cache: dict[str, tuple[float, str, ApiKey]] = {}
+        self._lookups: dict[str, asyncio.Future[Any]] = {}  # see averify
 
     def __repr__(self) -> str:
         return f"KeyStore(path={self.path!r})"
@@ -275,7 +276,9 @@ class KeyStore:
     async def averify(self, plaintext: str) -> ApiKey | None:
         """:meth:`verify` for an event loop: a cached key is checked at once; a lookup of a
         store with :attr:`blocking_io` (PostgreSQL) runs on a worker thread, so the loop keeps
-        serving the other requests while the database answers (or times out)."""
+        serving the other requests while the database answers (or times out). Concurrent
+        requests with one key share its lookup: a burst of a key's requests when its cache
+        entry expires (or against a slow database) costs one query, not one per request."""
         key_id = _key_id(plaintext)
         if key_id is None:
             return None
@@ -283,11 +286,29 @@ class KeyStore:
         entry = self._cached(key_id, now)
         if entry is None:
             if self.blocking_io:
-                row = await asyncio.to_thread(self._row, key_id)
+                row = await self._shared_lookup(key_id)
             else:
                 row = self._row(key_id)
             entry = self._remember(key_id, row, now)
         return _checked(plaintext, entry)
+
+    async def _shared_lookup(self, key_id: str) -> tuple[str, ApiKey] | None:
+        loop = asyncio.get_running_loop()
+        lookup = self._lookups.get(key_id)
+        if lookup is None or lookup.get_loop() is not loop:
+            lookup = asyncio.ensure_future(asyncio.to_thread(self._row, key_id))
+            self._lookups[key_id] = lookup
+
+            def done(finished: asyncio.Future[Any], key_id: str = key_id) -> None:
+                if self._lookups.get(key_id) is finished:
+                    del self._lookups[key_id]
+                if not finished.cancelled():
+                    finished.exception()  # retrieved: every waiter may have gone
+
+            lookup.add_done_callback(done)
+        # shield: a request that goes away (its client disconnected) does not cancel the
+        # lookup the others wait on
+        return await asyncio.shield(lookup)  # type: ignore[no-any-return]
 
     def _cached(self, key_id: str, now: float) -> tuple[str, ApiKey] | None:
         cached = self._cache.get(key_id)
@@ -425,6 +446,7 @@ class PostgresKeyStore(KeyStore):
         self.cache_ttl = cache_ttl
         self._timeout = timeout
         self._cache: dict[str, tuple[float, str, ApiKey]] = {}
+        self._lookups: dict[str, asyncio.Future[Any]] = {}  # see averify
         self._pool = sync_pool(url)
         self._closed = False
         self._run(self._create_schema)
