@@ -201,8 +201,11 @@ class DirectHop:
     ) -> Any:
         status = response.status_code
         if status in _REDIRECTS and response.header(b"location") is not None:
-            # httpx2 follows it (or hands it back) by its own rules: the request goes that way
+            # httpx2 follows it (or hands it back) by its own rules: the request goes that way,
+            # and so do this endpoint's next ones (an endpoint that redirects once keeps doing
+            # so: one POST sent twice, not every one)
             await response.aclose()
+            self.wire = None
             return _REDO
         if response.header(b"set-cookie") is not None:
             # kept in the client's jar, as httpx2 does; with cookies, later calls go by httpx2

@@ -474,6 +474,12 @@ async def test_a_redirect_is_followed_by_httpx2_as_before():
         paths = [r.split(b" ")[1] for r in requests]
         assert paths == [b"/v1/chat/completions", b"/v1/chat/completions", b"/v2/chat/completions"]
         assert all(r.endswith(CONTENT) for r in requests)
+        # this endpoint redirects: its next requests go by httpx2 at once (no POST sent twice)
+        assert hop.wire is None
+        reply = await hop.post(CONTENT, timeout(), ChatCompletion)
+        assert reply.choices[0].message.content == "moved"
+        paths = [r.split(b" ")[1] for r in requests[3:]]
+        assert paths == [b"/v1/chat/completions", b"/v2/chat/completions"]
 
 
 async def test_the_sdks_own_stream_class_keeps_the_httpx2_path():
