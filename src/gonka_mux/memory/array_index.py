@@ -51,16 +51,29 @@ class _Term:
     def __init__(self, slots: Any, tfs: Any) -> None:
         self.slots = slots  # int32 ndarray
         self.tfs = tfs  # uint32 ndarray
-        self.tail_slots = array("i")
-        self.tail_tfs = array("I")
+        self.tail_slots: array[int] | None = None  # made at the first append (most never get one)
+        self.tail_tfs: array[int] | None = None
+
+    def append(self, slot: int, tf: int) -> None:
+        if self.tail_slots is None or self.tail_tfs is None:
+            self.tail_slots, self.tail_tfs = array("i"), array("I")
+        self.tail_slots.append(slot)
+        self.tail_tfs.append(tf)
 
     def arrays(self) -> tuple[Any, Any]:
-        if self.tail_slots:
+        if self.tail_slots is not None:
             self.slots = np.concatenate((self.slots, np.array(self.tail_slots, dtype=np.int32)))
             self.tfs = np.concatenate((self.tfs, np.array(self.tail_tfs, dtype=np.uint32)))
-            self.tail_slots = array("i")
-            self.tail_tfs = array("I")
+            self.tail_slots = self.tail_tfs = None
         return self.slots, self.tfs
+
+
+class _Vocabulary(dict[str, int]):
+    """Term -> id, a new term getting the next id on its first lookup (no pass to find them)."""
+
+    def __missing__(self, term: str) -> int:
+        number = self[term] = len(self)
+        return number
 
 
 _EMPTY_SLOTS = np.empty(0, dtype=np.int32)
@@ -127,13 +140,13 @@ class ArrayIndex:
         """(Re)build a namespace from ``(entry id, packed tokens, length)`` rows, vectorised:
         tokens become term ids, and one sort of ``(term, slot)`` keys groups the postings."""
         ns = _Namespace()
-        packed: list[str] = []
-        for doc, text, length in rows:
-            ns.slot_of[doc] = len(ns.docs)
-            ns.docs.append(doc)
-            ns.lengths.append(length)
-            ns.total_length += length
-            packed.append(text)
+        columns = list(zip(*rows, strict=True)) or [(), (), ()]
+        ids, packed, lengths = columns[0], list(columns[1]), columns[2]
+        del columns
+        ns.docs = array("q", ids)
+        ns.lengths = array("d", lengths)
+        ns.slot_of = dict(zip(ids, range(len(ids)), strict=True))
+        ns.total_length = sum(lengths)
         ns.alive = bytearray(b"\x01") * len(ns.docs)
         self._namespaces.pop(namespace, None)  # a failed load leaves nothing half-built behind
         if packed:
@@ -150,7 +163,7 @@ class ArrayIndex:
         # would hold millions of short strings (~200 MB at 100k entries) for a moment.
         slots = len(packed)
         per_slot = np.frombuffer(ns.lengths, dtype=np.float64).astype(np.int64)
-        vocabulary: dict[str, int] = {}
+        vocabulary = _Vocabulary()
         id_parts = []
         for start in range(0, slots, _LOAD_CHUNK):
             chunk = packed[start : start + _LOAD_CHUNK]
@@ -158,8 +171,6 @@ class ArrayIndex:
             if len(tokens) != int(per_slot[start : start + len(chunk)].sum()):
                 # A length column out of step with the tokens: count them.
                 per_slot[start : start + len(chunk)] = [len(p.split()) for p in chunk]
-            for term in dict.fromkeys(tokens).keys() - vocabulary.keys():
-                vocabulary[term] = len(vocabulary)
             id_parts.append(
                 np.fromiter(map(vocabulary.__getitem__, tokens), dtype=np.int64, count=len(tokens))
             )
@@ -192,8 +203,7 @@ class ArrayIndex:
             postings = ns.terms.get(term)
             if postings is None:
                 postings = ns.terms[term] = _Term(_EMPTY_SLOTS, _EMPTY_TFS)
-            postings.tail_slots.append(slot)
-            postings.tail_tfs.append(tf)
+            postings.append(slot, tf)
 
     def discard(self, namespace: int, doc: int) -> None:
         ns = self._namespaces[namespace]
