@@ -220,7 +220,10 @@ class DirectHop:
         except request_exceptions() as err:
             raise APIConnectionError(request=response.request) from err
         if status >= 400 or response.header(b"content-encoding") is not None:
-            full = response.as_httpx(body)
+            try:
+                full = response.as_httpx(body)  # decodes the body (httpx2 does so in its send)
+            except request_exceptions() as err:
+                raise APIConnectionError(request=response.request) from err
             if status >= 400:
                 raise client._make_status_error_from_response(full) from None
             body = full.content  # decoded by httpx2

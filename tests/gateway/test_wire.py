@@ -703,6 +703,28 @@ async def test_a_malformed_response_is_a_connection_error_and_trailers_are_not_h
         assert pool.idle_connections == 1
 
 
+async def test_a_body_its_content_encoding_does_not_decode_is_a_connection_error():
+    """A reply whose ``content-encoding`` does not match its body: httpx2 reads it inside its
+    send, and its ``DecodingError`` (a transport error) becomes openai's
+    ``APIConnectionError``; the wire path raises the same, for a reply and for an error reply."""
+    body = completion("not gzip at all")
+    answers = [
+        b"HTTP/1.1 %d X\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\n"
+        b"content-length: %d\r\n\r\n%s" % (status, len(body), body)
+        for status in (200, 200, 500, 500)
+    ]
+    parts = iter(answers)
+    async with raw_server(lambda _: [next(parts)]) as url, plain_client(url) as client:
+        hop = await hop_of(client)
+        pool_of(hop)
+        for _ in range(2):  # a reply, then an error reply
+            for send in (hop.post, lambda *a: via_httpx2(hop, *a)):
+                with pytest.raises(openai.APIConnectionError) as caught:
+                    await send(CONTENT, timeout(), ChatCompletion)
+                assert type(caught.value) is openai.APIConnectionError
+                assert isinstance(caught.value.__cause__, httpx2.DecodingError)
+
+
 async def test_a_request_the_server_does_not_read_ends_at_the_write_timeout():
     accepted: list[asyncio.StreamWriter] = []
 
