@@ -68,6 +68,9 @@ class _Conn(asyncio.Protocol):
         self.transport: Any = None
         self.fd = -1
         self.parser = httptools.HttpResponseParser(self)
+        # chunked and a Content-Length both present: the chunked body is read, as h11 (httpx2)
+        # reads it (the transfer coding wins); that connection is not reused (framed_twice)
+        self.parser.set_dangerous_leniencies(lenient_chunked_length=True)
         self.lost = False  # the connection is gone (EOF, reset, closed by us)
         self.error: BaseException | None = None  # a parse error, raised to the reader
         self.waiter: asyncio.Future[bool] | None = None
@@ -83,6 +86,7 @@ class _Conn(asyncio.Protocol):
         self.complete = False
         self.keep_alive = False
         self.until_close = True  # no content-length, not chunked: the body ends at EOF
+        self.framed_twice = False  # content-length and transfer-encoding: never reused
         self.informational = False
 
     def reset(self) -> None:
@@ -95,6 +99,7 @@ class _Conn(asyncio.Protocol):
         self.complete = False
         self.keep_alive = False
         self.until_close = True
+        self.framed_twice = False
         self.informational = False
 
     # -- asyncio.Protocol ---------------------------------------------------------------------
@@ -151,6 +156,7 @@ class _Conn(asyncio.Protocol):
         self.headers.append((name, value))
         lower = name.lower()
         if lower == b"content-length" or lower == b"transfer-encoding":
+            self.framed_twice = not self.until_close
             self.until_close = False
 
     def on_headers_complete(self) -> None:
@@ -180,7 +186,7 @@ class _Conn(asyncio.Protocol):
             self.until_close = True
             self.informational = False
             return
-        self.keep_alive = bool(self.parser.should_keep_alive())
+        self.keep_alive = bool(self.parser.should_keep_alive()) and not self.framed_twice
         self.complete = True
 
     # -- the reader's side --------------------------------------------------------------------

@@ -725,6 +725,24 @@ async def test_a_body_its_content_encoding_does_not_decode_is_a_connection_error
                 assert isinstance(caught.value.__cause__, httpx2.DecodingError)
 
 
+async def test_a_reply_with_both_content_length_and_chunked_is_read_as_httpx2_reads_it():
+    """``Transfer-Encoding: chunked`` and a ``Content-Length`` both present (some proxies send
+    them): httpx2 reads the chunked body (the transfer coding wins, RFC 9112 6.3); so does the
+    wire, and that connection is not reused."""
+    body = completion("both framings")
+    reply = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 7\r\n"
+        b"transfer-encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(body), body)
+    )
+    async with raw_server(lambda _: [reply]) as url, plain_client(url) as client:
+        hop = await hop_of(client)
+        pool = pool_of(hop)
+        for send in (hop.post, lambda *a: via_httpx2(hop, *a)):
+            result = await send(CONTENT, timeout(), ChatCompletion)
+            assert result.choices[0].message.content == "both framings"
+        assert pool.idle_connections == 0
+
+
 async def test_a_request_the_server_does_not_read_ends_at_the_write_timeout():
     accepted: list[asyncio.StreamWriter] = []
 
