@@ -219,6 +219,7 @@ class DirectHop:
             raise APITimeoutError(request=response.request) from err
         except request_exceptions() as err:
             raise APIConnectionError(request=response.request) from err
+        full = None
         if status >= 400 or response.header(b"content-encoding") is not None:
             try:
                 full = response.as_httpx(body)  # decodes the body (httpx2 does so in its send)
@@ -230,7 +231,8 @@ class DirectHop:
         try:
             data = json.loads(body)
         except ValueError:
-            full = response.as_httpx(body)
+            if full is None:  # (a decoded body is not given to httpx2 to decode again)
+                full = response.as_httpx(body)
             raise APIResponseValidationError(
                 response=full,
                 body=full.text[:1000],

@@ -725,6 +725,25 @@ async def test_a_body_its_content_encoding_does_not_decode_is_a_connection_error
                 assert isinstance(caught.value.__cause__, httpx2.DecodingError)
 
 
+async def test_a_compressed_reply_that_is_not_json_raises_as_the_httpx2_path():
+    """A gzip reply that decodes to something not JSON (a proxy's HTML page): openai's
+    ``APIResponseValidationError`` with the decoded text, on both paths."""
+    page = gzip.compress(b"<html>502 from a proxy</html>")
+    reply = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: text/html\r\ncontent-encoding: gzip\r\n"
+        b"content-length: %d\r\n\r\n%s" % (len(page), page)
+    )
+    async with raw_server(lambda _: [reply]) as url, plain_client(url) as client:
+        hop = await hop_of(client)
+        pool_of(hop)
+        errors = []
+        for send in (hop.post, lambda *a: via_httpx2(hop, *a)):
+            with pytest.raises(openai.APIResponseValidationError) as caught:
+                await send(CONTENT, timeout(), ChatCompletion)
+            errors.append(caught.value)
+        assert errors[0].body == errors[1].body == "<html>502 from a proxy</html>"
+
+
 async def test_a_reply_with_both_content_length_and_chunked_is_read_as_httpx2_reads_it():
     """``Transfer-Encoding: chunked`` and a ``Content-Length`` both present (some proxies send
     them): httpx2 reads the chunked body (the transfer coding wins, RFC 9112 6.3); so does the
