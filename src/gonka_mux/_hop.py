@@ -238,7 +238,8 @@ class DirectHop:
                 body=full.text[:1000],
                 message="The endpoint's reply is not JSON.",
             ) from None
-        return _parse(client, data, cast_to, response)
+        # a decoded reply: its httpx2 response (a new one would decode the JSON text again)
+        return _parse(client, data, cast_to, response if full is None else full)
 
 
 _REDO = object()  # the wire client handed the request back to httpx2 (a redirect)

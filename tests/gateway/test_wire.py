@@ -744,6 +744,27 @@ async def test_a_compressed_reply_that_is_not_json_raises_as_the_httpx2_path():
         assert errors[0].body == errors[1].body == "<html>502 from a proxy</html>"
 
 
+async def test_a_compressed_reply_openai_builds_leniently_is_the_same_object():
+    """A gzip reply that does not conform to the SDK's model (fields missing, as some servers
+    send): openai builds it leniently; so does the wire path, from the decoded body."""
+    lenient = gzip.compress(
+        b'{"id": "c1", "object": "chat.completion", "choices": [{"index": 0, '
+        b'"message": {"role": "assistant", "content": "lenient"}}]}'
+    )
+    reply = (
+        b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-encoding: gzip\r\n"
+        b"x-request-id: req-9\r\ncontent-length: %d\r\n\r\n%s" % (len(lenient), lenient)
+    )
+    async with raw_server(lambda _: [reply]) as url, plain_client(url) as client:
+        hop = await hop_of(client)
+        pool_of(hop)
+        wire = await hop.post(CONTENT, timeout(), ChatCompletion)
+        reference = await via_httpx2(hop, CONTENT, timeout(), ChatCompletion)
+        assert wire.model_dump() == reference.model_dump()
+        assert wire.choices[0].message.content == "lenient"
+        assert wire._request_id == reference._request_id == "req-9"
+
+
 async def test_a_reply_with_both_content_length_and_chunked_is_read_as_httpx2_reads_it():
     """``Transfer-Encoding: chunked`` and a ``Content-Length`` both present (some proxies send
     them): httpx2 reads the chunked body (the transfer coding wins, RFC 9112 6.3); so does the
