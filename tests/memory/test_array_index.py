@@ -144,3 +144,19 @@ def test_memory_is_bounded_by_dropping_the_least_recently_searched(tmp_path: Pat
 def test_a_bad_entry_bound_is_a_typed_error(tmp_path: Path, bad: object) -> None:
     with pytest.raises(store_module.InvalidMemoryInput, match="numpy_max_entries"):
         MemoryStore(tmp_path / "m.sqlite3", numpy_max_entries=bad)
+
+
+def test_a_namespace_of_texts_without_words_searches_quietly(tmp_path: Path) -> None:
+    """Every text empty or punctuation (average length 0): no result and no numpy warning
+    (an error where warnings are errors), as on the FTS5 path."""
+    import warnings
+
+    path = tmp_path / "m.sqlite3"
+    with MemoryStore(path, use_numpy=True) as store:
+        store.put_many("ns", ["", "!!! ...", "   "])
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            assert store.search("ns", "hello", k=3) == []
+        store.put("ns", "hello there", key="words")
+        assert [h.key for h in store.search("ns", "hello", k=3)] == ["words"]
+        _same_as_fts5(store, path)

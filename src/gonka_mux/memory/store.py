@@ -657,6 +657,8 @@ class MemoryStore:
         if self._arrays is not None:
             self._sync_arrays(conn, ns, docs, total)
             weights = {t: idf(docs, stats[t][0]) for t in terms if t in stats}
+            if not weights:  # no query word in the namespace (its texts may have none: total 0)
+                return []
             accept = None
             if where:
 
