@@ -298,6 +298,7 @@ class WirePool:
         self._max_keepalive = max_keepalive
         self._expiry = keepalive_expiry
         self._idle: dict[Key, list[_Conn]] = {}
+        self._busy: set[_Conn] = set()  # serving a response: closed too when the pool closes
         self._releases = 0
         self.closed = False
 
@@ -309,10 +310,13 @@ class WirePool:
             while idle:
                 conn = idle.pop()  # the most recently used first: the likeliest to be alive
                 if conn.reusable(now, self._expiry, loop):
+                    self._busy.add(conn)
                     return conn
                 log.debug("not reusing a pooled connection to %s:%d (closed or expired)", *key[1:])
                 conn.abort()
-        return await self._connect(key, connect_timeout)
+        conn = await self._connect(key, connect_timeout)
+        self._busy.add(conn)
+        return conn
 
     async def _connect(self, key: Key, timeout: float | None) -> _Conn:
         if self.closed:
@@ -341,6 +345,7 @@ class WirePool:
     def release(self, conn: _Conn) -> None:
         """Back to the pool after a complete response (else closed)."""
         conn.active = False
+        self._busy.discard(conn)
         if (
             self.closed
             or conn.lost
@@ -392,6 +397,9 @@ class WirePool:
         for conns in idle.values():
             for conn in conns:
                 conn.abort()
+        busy, self._busy = self._busy, set()
+        for conn in busy:
+            conn.abort()
 
 
 class WireTarget:

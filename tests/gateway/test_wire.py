@@ -349,6 +349,29 @@ async def test_the_multiplexer_closing_closes_the_pooled_connections():
         assert backend.open_connections == 0
 
 
+async def test_the_multiplexer_closing_closes_a_stream_in_flight():
+    """A relayed stream still open when the Multiplexer closes: its connection is closed with
+    the shared client, as httpx2's pool closes its own, not left open until the stream goes."""
+    replies = [Reply("one two three four five six seven eight")]
+    with FakeBackend(name="a", models=["m"], replies=replies) as backend:
+        backend.set_faults(inter_chunk=0.05)
+        async with plain_client(backend.url) as client:
+            hop = await hop_of(client)
+            pool_of(hop)
+            stream = await hop.post(
+                STREAM_CONTENT, timeout(), None, RawSSEStream, ChatCompletionChunk
+            )
+            await stream.__anext__()
+            assert backend.open_connections == 1
+        for _ in range(100):
+            if backend.open_connections == 0:
+                break
+            await asyncio.sleep(0.01)
+        assert backend.open_connections == 0
+        with pytest.raises(openai.APIConnectionError):
+            await read_stream(stream)
+
+
 # -- framings the fake does not send: a raw server ------------------------------------------
 
 Handler = Callable[[bytes], list[bytes]]
