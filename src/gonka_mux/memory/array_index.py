@@ -122,9 +122,6 @@ class ArrayIndex:
     def clear(self) -> None:
         self._namespaces.clear()
 
-    def drop(self, namespace: int) -> None:
-        self._namespaces.pop(namespace, None)
-
     def loaded(self, namespace: int) -> bool:
         return namespace in self._namespaces
 
@@ -233,13 +230,6 @@ class ArrayIndex:
         norm = _norms(ns, avg_length)
         slot_parts: list[Any] = []
         contribution_parts: list[Any] = []
-        sample: list[int] = []
-        for term in sorted(weights, key=lambda term: -weights[term]):
-            postings = ns.terms.get(term)
-            if postings is not None:
-                slots, tfs = postings.arrays()
-                if len(sample) < 2 * k:
-                    sample.extend(slots[: 4 * k].tolist())  # the rarest terms' entries
         for term, weight in weights.items():  # query order: the order score_document adds in
             postings = ns.terms.get(term)
             if postings is None:
@@ -263,7 +253,7 @@ class ArrayIndex:
             if accept is None:
                 # Any k live entries' scores bound the k-th best from below; entries holding
                 # the query's rarest terms give a high bound, so few entries pass it.
-                seen = np.unique(np.array(sample, dtype=np.int64))
+                seen = _rarest_entries(ns, weights, k)
                 if alive is not None:
                     seen = seen[alive[seen].astype(bool)]
                 if len(seen) >= k:
@@ -286,6 +276,19 @@ class ArrayIndex:
             if len(found) >= k or len(ranked) >= len(candidates):
                 return found[:k]
             depth *= 4
+
+
+def _rarest_entries(ns: _Namespace, weights: Mapping[str, float], k: int) -> Any:
+    """Some slots (at least ``2 * k`` where the terms have them) of the entries holding the
+    query's rarest (highest-idf) terms, which likely score near the top."""
+    sample: list[int] = []
+    for term in sorted(weights, key=lambda term: -weights[term]):
+        postings = ns.terms.get(term)
+        if postings is not None:
+            sample.extend(postings.arrays()[0][: 4 * k].tolist())
+            if len(sample) >= 2 * k:
+                break
+    return np.unique(np.array(sample, dtype=np.int64))
 
 
 def _norms(ns: _Namespace, avg_length: float) -> Any:

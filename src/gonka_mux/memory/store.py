@@ -715,11 +715,8 @@ class MemoryStore:
     def _replay(conn: sqlite3.Connection, index: Any, changes: builtins.list[Any]) -> None:
         loaded = set(index.loaded_namespaces())
         touched = dict.fromkeys((ns, doc) for _, ns, doc in changes if ns in loaded)
-        ids = sorted({doc for _, doc in touched})
         current: dict[int, tuple[int, str]] = {}
-        for start in range(0, len(ids), _ID_CHUNK):
-            chunk = ids[start : start + _ID_CHUNK]
-            marks = ",".join("?" * len(chunk))
+        for chunk, marks in _id_chunks(sorted({doc for _, doc in touched})):
             for doc, ns, packed in conn.execute(
                 f"SELECT id, ns, tokens FROM memory_entries WHERE id IN ({marks})", chunk
             ):
@@ -861,14 +858,19 @@ def _log_change(conn: sqlite3.Connection, ns: int, doc: int) -> None:
         conn.execute("DELETE FROM memory_changes WHERE seq <= ?", (seq - _CHANGES_KEPT,))
 
 
+def _id_chunks(ids: builtins.list[int]) -> Iterator[tuple[builtins.list[int], str]]:
+    """``ids`` in slices of at most ``_ID_CHUNK``, each with its ``?,?,...`` placeholders."""
+    for start in range(0, len(ids), _ID_CHUNK):
+        chunk = ids[start : start + _ID_CHUNK]
+        yield chunk, ",".join("?" * len(chunk))
+
+
 def _matching(
     conn: sqlite3.Connection, ids: builtins.list[int], where: str, params: builtins.list[Any]
 ) -> set[int]:
     """Which of the entry ``ids`` pass a metadata filter (``where``, from :func:`_filter_sql`)."""
     found: set[int] = set()
-    for start in range(0, len(ids), _ID_CHUNK):
-        chunk = ids[start : start + _ID_CHUNK]
-        marks = ",".join("?" * len(chunk))
+    for chunk, marks in _id_chunks(ids):
         rows = conn.execute(
             f"SELECT e.id FROM memory_entries e WHERE e.id IN ({marks}){where}", (*chunk, *params)
         )
